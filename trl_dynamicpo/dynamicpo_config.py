@@ -1,0 +1,158 @@
+"""Configuration of [`DynamicPOTrainer`]: TRL's `DPOConfig` plus the multi-negative fields."""
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import DPOConfig
+
+from .losses import LOSS_ALIASES, LOSS_TYPES, resolve_loss_type
+from .packing import LAYOUTS
+
+
+@dataclass
+class DynamicPOConfig(DPOConfig):
+    r"""
+    Configuration class for [`DynamicPOTrainer`].
+
+    Subclasses [`trl.DPOConfig`], so every DPO and [`~transformers.TrainingArguments`] field works as in TRL. The
+    fields below add multi-negative preference optimization: S-DPO, DMPO, NAPO, and DynamicPO's Dynamic Boundary
+    Negative Selection and Dual-Margin Dynamic β as plug-ins on them.
+
+    Defaults that differ from `DPOConfig`: `loss_type=["dynamicpo"]`, `beta=1.0` and `learning_rate=1e-5` (the
+    values of the S-DPO and DynamicPO papers), and `bf16` defaults to `False` when no GPU is available (bf16 on CPU is
+    slow and moves log-probs by up to 0.3 nats).
+
+    Parameters:
+        loss_type (`list[str]`, *optional*, defaults to `["dynamicpo"]`):
+            Loss(es) among `"dpo"` (alias `"sigmoid"`), `"sdpo"`, `"dmpo"`, `"dynamicpo"` (DMPO with both DynamicPO
+            plug-ins) and `"napo"`; several are combined with `loss_weights`.
+        num_negatives (`int`, *optional*):
+            Negatives used per row and step. Rows with more are subsampled (seeded, re-drawn each epoch); rows with
+            fewer are masked. `None` uses all.
+        layout (`str`, *optional*, defaults to `"packed"`):
+            `"packed"` scores the prompt once and all answers after it with a 4D attention mask; `"concatenated"`
+            repeats the prompt per answer as TRL does (for attention kernels that cannot take a custom mask).
+        completion_separator (`str`, *optional*, defaults to `" "`):
+            Inserted between a plain-text prompt and an answer when neither has whitespace at the junction.
+        dynamic_boundary_selection (`bool`, *optional*):
+            Train on the boundary negatives only. `None`: on for `dynamicpo`, off otherwise.
+        dynamic_beta (`bool`, *optional*):
+            Per-negative Dual-Margin Dynamic β. `None`: on for `dynamicpo`, off otherwise.
+        boundary_clusters (`int`, *optional*, defaults to `3`):
+            Clusters of the 1-D k-means fallback used when no negative scores above the chosen answer.
+        beta_scale (`float`, *optional*, defaults to `0.5`):
+            Amplitude of the dynamic β: β_j lies in `[(1 - beta_scale)·β, (1 + beta_scale)·β]`.
+        beta_margin (`float`, *optional*, defaults to `2.0`):
+            Margin of the dual-margin term.
+        beta_eps (`float`, *optional*, defaults to `1e-6`):
+            Added to the denominator of the dual-margin term (the official code has none and can divide 0 by 0).
+        negative_sampling_seed (`int`, *optional*):
+            Seed of the per-epoch negative sampling; defaults to `seed`.
+    """
+
+    _VALID_DICT_FIELDS = DPOConfig._VALID_DICT_FIELDS
+
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={"help": "The initial learning rate for AdamW (1e-5 in the S-DPO and DynamicPO papers)."},
+    )
+    beta: float = field(
+        default=1.0,
+        metadata={"help": "Temperature β of the preference loss (1.0 in the S-DPO and DynamicPO papers)."},
+    )
+    loss_type: list[str] = field(
+        default_factory=lambda: ["dynamicpo"],
+        metadata={
+            "help": "Loss(es) among 'dpo' (alias 'sigmoid'), 'sdpo', 'dmpo', 'dynamicpo' and 'napo'. Several are "
+            "combined with `loss_weights`."
+        },
+    )
+    num_negatives: int | None = field(
+        default=None,
+        metadata={
+            "help": "Negatives per row and step. Rows with more are subsampled with a seeded generator, re-drawn each "
+            "epoch; rows with fewer are masked. None uses all negatives of each row."
+        },
+    )
+    layout: str = field(
+        default="packed",
+        metadata={
+            "help": "Forward layout: 'packed' (prompt once, all answers after it, 4D attention mask) or "
+            "'concatenated' (TRL's layout, prompt repeated per answer).",
+            "choices": list(LAYOUTS),
+        },
+    )
+    completion_separator: str = field(
+        default=" ",
+        metadata={
+            "help": "Inserted between a plain-text prompt and an answer when the prompt does not end with whitespace "
+            "and the answer does not start with whitespace (recommendation datasets store bare titles). '' "
+            "concatenates as TRL does."
+        },
+    )
+    dynamic_boundary_selection: bool | None = field(
+        default=None,
+        metadata={
+            "help": "DynamicPO's Dynamic Boundary Negative Selection: train on the negatives scoring at least the "
+            "chosen answer (k-means fallback when none does). None: on for 'dynamicpo', off otherwise."
+        },
+    )
+    dynamic_beta: bool | None = field(
+        default=None,
+        metadata={
+            "help": "DynamicPO's Dual-Margin Dynamic β: a per-negative β from how ambiguous the negative is. None: on "
+            "for 'dynamicpo', off otherwise."
+        },
+    )
+    boundary_clusters: int = field(
+        default=3,
+        metadata={"help": "Clusters of the exact 1-D k-means fallback of the boundary selection."},
+    )
+    beta_scale: float = field(
+        default=0.5,
+        metadata={"help": "Amplitude of the dynamic β: β_j lies in [(1 - beta_scale)·β, (1 + beta_scale)·β]."},
+    )
+    beta_margin: float = field(
+        default=2.0,
+        metadata={"help": "Margin of the dual-margin dynamic β term."},
+    )
+    beta_eps: float = field(
+        default=1e-6,
+        metadata={"help": "Added to the denominator of the dual-margin term to avoid 0/0."},
+    )
+    negative_sampling_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the per-epoch negative sampling. Defaults to `seed`."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not (torch.cuda.is_available() or _has_other_accelerator()):
+            self.bf16 = False
+        super().__post_init__()
+        self.loss_type = [LOSS_ALIASES.get(name, name) for name in self.loss_type]
+        for name in self.loss_type:
+            if name not in LOSS_TYPES:
+                raise ValueError(
+                    f"Unknown loss_type {name!r}. DynamicPOTrainer supports {list(LOSS_TYPES)} (and the alias "
+                    f"'sigmoid' for 'dpo'); TRL's pairwise-only losses are not defined for multiple negatives."
+                )
+            # Raises for flags that do not apply to this loss (e.g. dynamic_beta with 'dpo').
+            resolve_loss_type(name, self.dynamic_boundary_selection, self.dynamic_beta)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"Unknown layout {self.layout!r}; expected one of {list(LAYOUTS)}.")
+        if self.num_negatives is not None and self.num_negatives < 1:
+            raise ValueError(f"`num_negatives` must be at least 1, got {self.num_negatives}.")
+        if self.boundary_clusters < 1:
+            raise ValueError(f"`boundary_clusters` must be at least 1, got {self.boundary_clusters}.")
+        if not 0.0 <= self.beta_scale < 1.0:
+            raise ValueError(f"`beta_scale` must lie in [0, 1) so that β_j stays positive, got {self.beta_scale}.")
+        if self.f_divergence_type != "reverse_kl":
+            raise ValueError("DynamicPOTrainer supports only `f_divergence_type='reverse_kl'`.")
+        if self.ld_alpha is not None or self.use_weighting:
+            raise ValueError("`ld_alpha` and `use_weighting` are pairwise DPO options not supported with negatives.")
+
+
+def _has_other_accelerator() -> bool:
+    return bool(getattr(torch, "xpu", None) and torch.xpu.is_available()) or bool(
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    )

@@ -1,0 +1,449 @@
+"""[`DynamicPOTrainer`]: TRL's `DPOTrainer` for rows with many negatives (S-DPO, DMPO, NAPO, DynamicPO)."""
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from trl import DPOConfig, DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import get_config_model_id, global_then_local_main_first, use_adapter
+
+from .data import check_columns, numbered_rejected_columns, tokenize_rows
+from .dynamicpo_config import DynamicPOConfig
+from .losses import compute_multi_negative_loss, resolve_loss_type
+from .packing import DataCollatorForMultiNegativePreference, answer_logps, mark_fused_lm_head
+
+
+logger = get_logger(__name__)
+
+# Columns the collator reads; everything else is removed by `Trainer` (remove_unused_columns) or by `_prepare_dataset`.
+_SIGNATURE_COLUMNS = [
+    "prompt_ids",
+    "chosen_ids",
+    "rejected_ids",
+    "row_index",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+    "rejected_scores",
+    "embedding",
+]
+# Optional input columns carried through tokenization unchanged.
+_PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding")
+
+
+class _NegativeResamplingCallback(TrainerCallback):
+    """Tells the collator which epoch it is, so that sampled negatives are re-drawn every epoch."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(round(state.epoch or 0.0))
+
+
+class DynamicPOTrainer(DPOTrainer):
+    """
+    Trainer for multi-negative preference optimization of LLM recommenders: DPO averaged over negatives, S-DPO, DMPO,
+    NAPO and DynamicPO (Dynamic Boundary Negative Selection + Dual-Margin Dynamic β, as plug-ins on S-DPO, DMPO and
+    NAPO).
+
+    A drop-in replacement for [`trl.DPOTrainer`]: it takes the same constructor arguments, and a TRL user changes the
+    import and the config class ([`DynamicPOConfig`]). Rows hold a `prompt`, a `chosen` answer and a list of `rejected`
+    answers (a single string, S-DPO's `rejected1..rejectedK` columns and the conversational format are accepted too).
+    By default every answer of a row is scored in one shared-prefix forward pass (`layout="packed"`), with the prompt
+    computed once.
+
+    With a `peft_config` (or a `PeftModel`) and no `ref_model`, the reference is the model with its adapter disabled
+    (or, for a `PeftModel` that already holds a trained adapter such as an SFT adapter, a frozen copy of that adapter):
+    no second model is kept in memory.
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+
+    >>> dataset = Dataset.from_list(
+    ...     [{"prompt": "The user watched Heat, Fargo. Pick one of: Alien, Jaws, Up. Answer:",
+    ...       "chosen": "Alien", "rejected": ["Jaws", "Up"]}] * 8
+    ... )
+    >>> trainer = DynamicPOTrainer(
+    ...     model="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ...     args=DynamicPOConfig("smollm2-dynamicpo", loss_type=["dynamicpo"], max_steps=2),
+    ...     train_dataset=dataset,
+    ... )  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    ```
+
+    Args:
+        model (`str`, [`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
+            Model to train, as in [`trl.DPOTrainer`].
+        ref_model ([`~transformers.PreTrainedModel`], *optional*):
+            Reference model. If `None`, the initial policy (or the adapter-disabled / frozen-adapter model) is used.
+        args ([`DynamicPOConfig`], *optional*):
+            Configuration. A plain `DPOConfig` is converted (with its `loss_type`, `"sigmoid"` meaning `"dpo"`).
+        data_collator (`DataCollator`, *optional*):
+            Defaults to [`DataCollatorForMultiNegativePreference`] with the config's layout and `num_negatives`.
+        train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
+            Multi-negative preference rows.
+        eval_dataset ([`~datasets.Dataset`], `dict` of them, *optional*):
+            Evaluation rows, same format.
+        processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Tokenizer; loaded from the model when `None`.
+        compute_metrics, callbacks, optimizers, quantization_config, peft_config:
+            As in [`trl.DPOTrainer`].
+    """
+
+    _tag_names = ["trl", "trl-dynamicpo", "recommendation"]
+    _name = "DynamicPO"
+    _paper = {
+        "title": "DynamicPO: Dynamic Preference Optimization for Recommendation",
+        "id": "2605.00327",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{hu2026dynamicpo,
+                title        = {{DynamicPO: Dynamic Preference Optimization for Recommendation}},
+                author       = {Hu and others},
+                year         = 2026,
+                booktitle    = {Database Systems for Advanced Applications (DASFAA 2026)},
+                eprint       = {2605.00327},
+                archivePrefix = {arXiv},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: DynamicPOConfig | DPOConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = DynamicPOConfig(f"{str(model_name).rstrip('/').split('/')[-1]}-DynamicPO")
+        elif not isinstance(args, DynamicPOConfig):
+            args = _to_dynamicpo_config(args)
+
+        if processing_class is None:
+            processing_class = _load_tokenizer(model, args)
+        if not isinstance(processing_class, PreTrainedTokenizerBase):
+            raise TypeError(
+                "DynamicPOTrainer supports text models: `processing_class` must be a tokenizer, got "
+                f"{type(processing_class).__name__}."
+            )
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        if data_collator is None:
+            data_collator = DataCollatorForMultiNegativePreference(
+                pad_token_id=processing_class.pad_token_id,
+                layout=args.layout,
+                num_negatives=args.num_negatives,
+                seed=args.seed if args.negative_sampling_seed is None else args.negative_sampling_seed,
+                pad_to_multiple_of=args.pad_to_multiple_of if isinstance(args.pad_to_multiple_of, int) else None,
+            )
+        if (
+            ref_model is None
+            and peft_config is None
+            and not isinstance(model, str)
+            and not is_peft_model(model)
+            and not args.precompute_ref_log_probs
+        ):
+            # DPOTrainer would reload the reference from the model's name, which fails for a model built from a config
+            # or changed in memory; a copy is the same initial policy and costs the same memory.
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._loss_flags = {
+            name: resolve_loss_type(name, args.dynamic_boundary_selection, args.dynamic_beta)
+            for name in args.loss_type
+        }
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        # DPOTrainer has patched TRL's fused LM head onto the models; record it so `answer_logps` callers don't re-add.
+        mark_fused_lm_head(self.model)
+        if self.ref_model is not None:
+            mark_fused_lm_head(self.accelerator.unwrap_model(self.ref_model))
+        if isinstance(self.data_collator, DataCollatorForMultiNegativePreference):
+            self.add_callback(_NegativeResamplingCallback(self.data_collator))
+
+    # ------------------------------------------------------------------ data
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        column_names = dataset.column_names or list(next(iter(dataset)).keys())
+        if "prompt_ids" in column_names and "rejected_ids" in column_names:
+            return dataset  # already tokenized (idempotent, as TRL)
+        check_columns(column_names)
+        remove = [name for name in column_names if name not in _PASSTHROUGH_COLUMNS]
+        map_kwargs = {}
+        if isinstance(dataset, Dataset):
+            map_kwargs["num_proc"] = args.dataset_num_proc
+            map_kwargs["desc"] = f"Tokenizing {dataset_name} dataset"
+        with global_then_local_main_first():
+            dataset = dataset.map(
+                tokenize_rows,
+                batched=True,
+                with_indices=True,
+                remove_columns=remove,
+                fn_kwargs={
+                    "tokenizer": processing_class,
+                    "separator": args.completion_separator,
+                    "max_length": args.max_length,
+                    "rejected_columns": numbered_rejected_columns(column_names),
+                },
+                **map_kwargs,
+            )
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(_SIGNATURE_COLUMNS)
+
+    # ------------------------------------------------------------------ reference log-probs
+    def _reference_context(self):
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            # A PeftModel trained before (e.g. the SFT adapter) gets a frozen copy named "ref" from DPOTrainer.
+            return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        return contextlib.nullcontext()
+
+    def compute_ref_log_probs(self, model, inputs) -> torch.Tensor:
+        """Reference log-probs `[B, 1 + K]` of a collated batch (answer 0 is the chosen one)."""
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            self._reference_context(),
+        ):
+            return answer_logps(model, inputs)
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(
+                "`precompute_ref_log_probs=True` needs a map-style Dataset; got an IterableDataset. Set "
+                "`precompute_ref_log_probs=False`."
+            )
+        # Score every negative of every row, not one epoch's sample, so that any later draw finds its reference.
+        collator = dataclasses.replace(self.data_collator, num_negatives=None)
+        loader = self.accelerator.prepare(
+            DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
+        )
+        model = self.ref_model or self.model
+        was_training = model.training
+        model.eval()
+        chunks = []
+        for batch in _progress(loader, f"Computing reference log probs for {name} dataset"):
+            with self.accelerator.autocast():
+                logps = self.compute_ref_log_probs(model, batch)
+            logps = self.accelerator.pad_across_processes(logps, dim=1)
+            chunks.append(self.accelerator.gather_for_metrics(logps).float().cpu())
+        model.train(was_training)
+        width = max(chunk.size(1) for chunk in chunks)
+        all_logps = torch.cat([torch.nn.functional.pad(c, (0, width - c.size(1))) for c in chunks])
+        num_negatives = [len(r) for r in dataset["rejected_ids"]]
+        dataset = dataset.add_column("ref_chosen_logps", all_logps[:, 0].tolist())
+        return dataset.add_column(
+            "ref_rejected_logps", [all_logps[i, 1 : 1 + k].tolist() for i, k in enumerate(num_negatives)]
+        )
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        logps = answer_logps(model, inputs)
+        if self.precompute_ref_logps:
+            ref_logps = inputs["ref_logps"].to(logps.dtype)
+        else:
+            ref_model = self.model if self.ref_model is None else self.ref_model
+            ref_logps = self.compute_ref_log_probs(ref_model, inputs)
+        negative_mask = inputs["answer_mask"][:, 1:]
+        chosen_logps, rejected_logps = logps[:, 0], logps[:, 1:]
+        ref_chosen, ref_rejected = ref_logps[:, 0], ref_logps[:, 1:]
+
+        loss = 0.0
+        first_output = None
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            _, selection, dynamic_beta = self._loss_flags[loss_type]
+            output = compute_multi_negative_loss(
+                loss_type,
+                chosen_logps,
+                rejected_logps,
+                ref_chosen,
+                ref_rejected,
+                negative_mask,
+                self.beta,
+                boundary_selection=selection,
+                dynamic_beta=dynamic_beta,
+                boundary_clusters=self.args.boundary_clusters,
+                beta_scale=self.args.beta_scale,
+                beta_margin=self.args.beta_margin,
+                eps=self.args.beta_eps,
+            )
+            loss = loss + output.losses.mean() * weight
+            first_output = first_output or output
+
+        self._log_batch_metrics(
+            mode, chosen_logps, rejected_logps, ref_chosen, ref_rejected, negative_mask, first_output
+        )
+        if return_outputs:
+            return loss, {"logps": logps.detach()}
+        return loss
+
+    def _log_batch_metrics(self, mode, chosen_logps, rejected_logps, ref_chosen, ref_rejected, mask, output):
+        """Log TRL's reward metrics (over valid negatives) and DynamicPO's, gathered across processes in one call."""
+        with torch.no_grad():
+            mask_f = mask.float()
+            has_negative = mask.any(dim=1).float()
+            chosen_rewards = self.beta * (chosen_logps - ref_chosen).detach()
+            rejected_rewards = self.beta * (rejected_logps - ref_rejected).detach()
+            neg_count = mask_f.sum(dim=1)
+            mean_rejected = (rejected_rewards * mask_f).sum(dim=1) / neg_count.clamp(min=1)
+            max_rejected = rejected_rewards.masked_fill(~mask, float("-inf")).max(dim=1).values
+            beta_valid = output.beta.float()
+            stats = torch.stack(
+                [
+                    chosen_rewards.sum(),
+                    (rejected_rewards * mask_f).sum(),
+                    ((chosen_rewards > max_rejected).float() * has_negative).sum(),
+                    ((chosen_rewards - mean_rejected) * has_negative).sum(),
+                    chosen_logps.detach().sum(),
+                    (rejected_logps.detach() * mask_f).sum(),
+                    (output.boundary_mask.float() * mask_f).sum(),
+                    (output.fallback.float() * has_negative).sum(),
+                    (beta_valid * mask_f).sum(),
+                    output.nonboundary_grad_share.detach().float() * has_negative.sum(),
+                    torch.tensor(float(chosen_logps.size(0)), device=chosen_logps.device),
+                    mask_f.sum(),
+                    has_negative.sum(),
+                ]
+            ).float()
+            extremes = torch.stack(
+                [
+                    beta_valid.masked_fill(~mask, float("inf")).min(),
+                    -beta_valid.masked_fill(~mask, float("-inf")).max(),
+                ]
+            ).float()
+            stats = self.accelerator.gather(stats.unsqueeze(0)).sum(dim=0).tolist()
+            extremes = self.accelerator.gather(extremes.unsqueeze(0)).min(dim=0).values.tolist()
+        (r_c, r_r, acc, margin, lp_c, lp_r, boundary, fallback, beta_sum, grad_share, rows, negatives, valid_rows) = (
+            stats
+        )
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(r_c / max(rows, 1))
+        metrics["rewards/rejected"].append(r_r / max(negatives, 1))
+        metrics["rewards/accuracies"].append(acc / max(valid_rows, 1))
+        metrics["rewards/margins"].append(margin / max(valid_rows, 1))
+        metrics["logps/chosen"].append(lp_c / max(rows, 1))
+        metrics["logps/rejected"].append(lp_r / max(negatives, 1))
+        metrics["num_negatives"].append(negatives / max(rows, 1))
+        metrics["dynamicpo/boundary_fraction"].append(boundary / max(negatives, 1))
+        metrics["dynamicpo/fallback_rate"].append(fallback / max(valid_rows, 1))
+        metrics["dynamicpo/beta_mean"].append(beta_sum / max(negatives, 1))
+        if math.isfinite(extremes[0]):
+            metrics["dynamicpo/beta_min"].append(extremes[0])
+            metrics["dynamicpo/beta_max"].append(-extremes[1])
+        metrics["dynamicpo/nonboundary_grad_share"].append(grad_share / max(valid_rows, 1))
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
+        # There are no logits to return for multi-negative rows; evaluation reports the loss and the logged metrics.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, return_outputs=False)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ model card
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        """Write this library's model card (tags, the loss and its hyperparameters, citations) to `output_dir`."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import build_model_card
+
+        base = get_config_model_id(self.model.config)
+        base_model = base if base and not os.path.isdir(base) else None
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        card = build_model_card(
+            model_name=model_name or Path(self.args.output_dir).name,
+            base_model=base_model,
+            loss_type="+".join(self.loss_types),
+            hyperparameters=self.loss_hyperparameters(),
+            dataset_name=dataset_name,
+            hub_model_id=self.hub_model_id if self.args.push_to_hub else None,
+            tags=extra_tags,
+            library_name="peft" if is_peft_model(self.model) else "transformers",
+            **kwargs,
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def loss_hyperparameters(self) -> dict[str, Any]:
+        """The loss settings that define a run, for model cards and logs."""
+        args = self.args
+        params = {
+            "loss_type": ",".join(self.loss_types),
+            "beta": self.beta,
+            "num_negatives": args.num_negatives if args.num_negatives is not None else "all",
+            "layout": args.layout,
+            "learning_rate": args.learning_rate,
+            "num_train_epochs": args.num_train_epochs,
+        }
+        if len(self.loss_types) > 1:
+            params["loss_weights"] = ",".join(str(w) for w in self.loss_weights)
+        if any(selection or dynamic for _, selection, dynamic in self._loss_flags.values()):
+            params.update(
+                dynamic_boundary_selection=any(flags[1] for flags in self._loss_flags.values()),
+                dynamic_beta=any(flags[2] for flags in self._loss_flags.values()),
+                boundary_clusters=args.boundary_clusters,
+                beta_scale=args.beta_scale,
+                beta_margin=args.beta_margin,
+            )
+        return params
+
+
+def _progress(iterable, desc):
+    from accelerate.utils import tqdm
+
+    return tqdm(iterable=iterable, desc=desc, disable=bool(os.environ.get("TQDM_DISABLE", "")))
+
+
+def _to_dynamicpo_config(args: DPOConfig) -> DynamicPOConfig:
+    """Convert a `DPOConfig` (a TRL user's config) into a `DynamicPOConfig` with the same values."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DPOConfig) if f.init}
+    # Fields TrainingArguments resolves in __post_init__ must be passed as given, not as resolved objects.
+    for name in ("accelerator_config", "fsdp_config", "deepspeed"):
+        if name in values and not isinstance(values[name], dict | str | type(None)):
+            values.pop(name)
+    logger.warning(
+        "Converting a DPOConfig to a DynamicPOConfig; pass a DynamicPOConfig to choose multi-negative losses."
+    )
+    return DynamicPOConfig(**values)
+
+
+def _load_tokenizer(model, args: DynamicPOConfig):
+    if isinstance(model, str):
+        kwargs = {k: v for k, v in (args.model_init_kwargs or {}).items() if k in ("revision", "gguf_file")}
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code, **kwargs)
+    return AutoTokenizer.from_pretrained(get_config_model_id(model.config), trust_remote_code=args.trust_remote_code)
