@@ -144,6 +144,7 @@ def test_napo_margin_hand_computed():
     assert napo_margin(2.0, 0.5, torch.tensor(0.1), torch.tensor(0.9)).item() == pytest.approx(2.0 * (1 + 0.5 * 0.8))
     batched = napo_margin(1.0, 0.3, torch.tensor([0.2, 0.8]), 0.5)
     torch.testing.assert_close(batched, torch.tensor([1.0 + 0.3 * 0.3, 1.0 - 0.3 * 0.3]))
+    assert napo_margin(1.0, 0.3, torch.tensor(0.5, dtype=torch.float64), 0.2).dtype == torch.float64
 
 
 def test_sdpo_is_stable_for_large_margins():
@@ -568,6 +569,17 @@ def test_no_valid_negative_at_all_gives_zero_share():
     )
     assert out.losses.tolist() == [0.0, 0.0]
     assert out.nonboundary_grad_share.item() == 0.0
+
+
+@pytest.mark.parametrize("batch_size, num_negatives", [(3, 0), (0, 4)])
+def test_empty_shapes(batch_size, num_negatives):
+    policy_w = torch.zeros(batch_size, requires_grad=True)
+    policy_j = torch.zeros(batch_size, num_negatives, requires_grad=True)
+    ref_w, ref_j = torch.zeros(batch_size), torch.zeros(batch_size, num_negatives)
+    out = compute_multi_negative_loss("dynamicpo", policy_w, policy_j, ref_w, ref_j, None, 1.0)
+    assert out.losses.tolist() == [0.0] * batch_size and out.nonboundary_grad_share.item() == 0.0
+    out.losses.sum().backward()
+    assert policy_w.grad.tolist() == [0.0] * batch_size
 
 
 @pytest.mark.parametrize("loss_type, boundary_selection, dynamic_beta", CONFIGS)

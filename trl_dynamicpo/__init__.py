@@ -23,6 +23,15 @@ _LAZY = {
     "dynamic_boundary_selection": "losses",
     "dual_margin_beta": "losses",
     "LOSS_TYPES": "losses",
+    "LOSS_ALIASES": "losses",
+    "MultiNegativeLossOutput": "losses",
+    "kmeans_1d_top_cluster": "losses",
+    "napo_margin": "losses",
+    "resolve_loss_type": "losses",
+    "share_in_batch_negatives": "napo",
+    "NapoMarginState": "napo",
+    "pack_answers": "packing",
+    "load_causal_lm": "model_utils",
     "load_recommender": "hub",
 }
 

@@ -6,6 +6,7 @@ import torch
 from trl import DPOConfig
 
 from .losses import LOSS_ALIASES, LOSS_TYPES, resolve_loss_type
+from .napo import SELECTIONS
 from .packing import LAYOUTS
 
 
@@ -48,6 +49,23 @@ class DynamicPOConfig(DPOConfig):
             Added to the denominator of the dual-margin term (the official code has none and can divide 0 by 0).
         negative_sampling_seed (`int`, *optional*):
             Seed of the per-epoch negative sampling; defaults to `seed`.
+        in_batch_negatives (`bool`, *optional*, defaults to `False`):
+            NAPO's in-batch sharing: add answers of other rows of the global batch as negatives, scored under the
+            row's own prompt.
+        in_batch_fraction (`float`, *optional*, defaults to `0.7`):
+            Share of the other rows used.
+        in_batch_selection (`str`, *optional*, defaults to `"random"`):
+            `"random"` or `"similarity"` (from a per-row `embedding` column).
+        in_batch_share_chosen (`bool`, *optional*, defaults to `False`):
+            Also share the other rows' chosen answers.
+        max_negatives (`int`, *optional*):
+            Cap on a row's negatives after sharing.
+        napo_gamma0 (`float`, *optional*, defaults to `1.0`), napo_alpha (`float`, *optional*, defaults to `0.3`):
+            NAPO's margin γ = γ0·(1 − α·(M_b − M)).
+        napo_ema_decay (`float`, *optional*, defaults to `0.9`):
+            Decay of the running mean M (synced across processes, saved in checkpoints).
+        napo_use_reference (`bool`, *optional*, defaults to `False`):
+            NAPO on log-ratios instead of policy log-probs.
     """
 
     _VALID_DICT_FIELDS = DPOConfig._VALID_DICT_FIELDS
@@ -125,6 +143,46 @@ class DynamicPOConfig(DPOConfig):
         metadata={"help": "Seed of the per-epoch negative sampling. Defaults to `seed`."},
     )
 
+    in_batch_negatives: bool = field(
+        default=False,
+        metadata={
+            "help": "NAPO's in-batch negative sharing: extend each row's negatives with answers of other rows of the "
+            "global batch (all processes), scored under the row's own prompt."
+        },
+    )
+    in_batch_fraction: float = field(
+        default=0.7,
+        metadata={"help": "Share of the other rows of the global batch whose answers are shared (0.7 in NAPO)."},
+    )
+    in_batch_selection: str = field(
+        default="random",
+        metadata={
+            "help": "How the other rows are chosen: 'random' (seeded) or 'similarity' (cosine similarity of a per-row "
+            "`embedding` column, e.g. a sequential recommender's user state).",
+            "choices": list(SELECTIONS),
+        },
+    )
+    in_batch_share_chosen: bool = field(
+        default=False,
+        metadata={"help": "Also share the other rows' chosen answers as negatives."},
+    )
+    max_negatives: int | None = field(
+        default=None,
+        metadata={"help": "Cap on a row's negatives after in-batch sharing (own negatives are kept first)."},
+    )
+    napo_gamma0: float = field(default=1.0, metadata={"help": "NAPO's base margin γ0."})
+    napo_alpha: float = field(default=0.3, metadata={"help": "NAPO's margin sensitivity α in γ0·(1 − α·(M_b − M))."})
+    napo_ema_decay: float = field(
+        default=0.9, metadata={"help": "Decay of NAPO's running mean M of the negatives' confidence."}
+    )
+    napo_use_reference: bool = field(
+        default=False,
+        metadata={
+            "help": "Use log-ratios to the reference in the NAPO loss instead of policy log-probs (NAPO's code is "
+            "reference-free)."
+        },
+    )
+
     def __post_init__(self):
         if self.bf16 is None and not self.fp16 and not (torch.cuda.is_available() or _has_other_accelerator()):
             self.bf16 = False
@@ -146,6 +204,17 @@ class DynamicPOConfig(DPOConfig):
             raise ValueError(f"`boundary_clusters` must be at least 1, got {self.boundary_clusters}.")
         if not 0.0 <= self.beta_scale < 1.0:
             raise ValueError(f"`beta_scale` must lie in [0, 1) so that β_j stays positive, got {self.beta_scale}.")
+        if self.in_batch_selection not in SELECTIONS:
+            raise ValueError(f"Unknown in_batch_selection {self.in_batch_selection!r}; expected one of {SELECTIONS}.")
+        if not 0.0 <= self.in_batch_fraction <= 1.0:
+            raise ValueError(f"`in_batch_fraction` must lie in [0, 1], got {self.in_batch_fraction}.")
+        if self.in_batch_negatives and self.precompute_ref_log_probs:
+            raise ValueError(
+                "`in_batch_negatives` scores other rows' answers under each row's prompt, so their reference "
+                "log-probs cannot be precomputed; set `precompute_ref_log_probs=False`."
+            )
+        if self.max_negatives is not None and self.max_negatives < 1:
+            raise ValueError(f"`max_negatives` must be at least 1, got {self.max_negatives}.")
         if self.f_divergence_type != "reverse_kl":
             raise ValueError("DynamicPOTrainer supports only `f_divergence_type='reverse_kl'`.")
         if self.ld_alpha is not None or self.use_weighting:

@@ -3,15 +3,17 @@
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import is_peft_model
+from accelerate.utils import gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
@@ -21,8 +23,15 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 
 from .data import check_columns, numbered_rejected_columns, tokenize_rows
 from .dynamicpo_config import DynamicPOConfig
-from .losses import compute_multi_negative_loss, resolve_loss_type
-from .packing import DataCollatorForMultiNegativePreference, answer_logps, mark_fused_lm_head
+from .losses import compute_multi_negative_loss, napo_margin, resolve_loss_type
+from .napo import NapoMarginState, share_in_batch_negatives
+from .packing import (
+    DataCollatorForMultiNegativePreference,
+    answer_logps,
+    mark_fused_lm_head,
+    pack_answers,
+    unpack_token_tensors,
+)
 
 
 logger = get_logger(__name__)
@@ -38,6 +47,7 @@ _SIGNATURE_COLUMNS = [
     "rejected_scores",
     "embedding",
 ]
+NAPO_STATE_FILE = "napo_state.json"
 # Optional input columns carried through tokenization unchanged.
 _PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding")
 
@@ -159,7 +169,10 @@ class DynamicPOTrainer(DPOTrainer):
                 num_negatives=args.num_negatives,
                 seed=args.seed if args.negative_sampling_seed is None else args.negative_sampling_seed,
                 pad_to_multiple_of=args.pad_to_multiple_of if isinstance(args.pad_to_multiple_of, int) else None,
+                # In-batch sharing needs the token ids across processes before packing (done in `_compute_loss`).
+                defer_packing=args.in_batch_negatives,
             )
+        self._napo_state = NapoMarginState(decay=args.napo_ema_decay)
         if (
             ref_model is None
             and peft_config is None
@@ -275,15 +288,23 @@ class DynamicPOTrainer(DPOTrainer):
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        logps = answer_logps(model, inputs)
+        if "answer_tokens" in inputs:
+            inputs = self._share_in_batch_negatives(inputs)
+        logps, token_counts = answer_logps(model, inputs, return_token_counts=True)
+        negative_mask = inputs["answer_mask"][:, 1:]
         if self.precompute_ref_logps:
             ref_logps = inputs["ref_logps"].to(logps.dtype)
-        else:
+        elif self._needs_reference(inputs):
             ref_model = self.model if self.ref_model is None else self.ref_model
             ref_logps = self.compute_ref_log_probs(ref_model, inputs)
-        negative_mask = inputs["answer_mask"][:, 1:]
+        else:
+            ref_logps = None  # reference-free NAPO with teacher scores: no reference forward at all
         chosen_logps, rejected_logps = logps[:, 0], logps[:, 1:]
-        ref_chosen, ref_rejected = ref_logps[:, 0], ref_logps[:, 1:]
+        ref_chosen = None if ref_logps is None else ref_logps[:, 0]
+        ref_rejected = None if ref_logps is None else ref_logps[:, 1:]
+        gamma = (
+            self._napo_margin(mode, inputs, ref_rejected, token_counts[:, 1:]) if "napo" in self.loss_types else 0.0
+        )
 
         loss = 0.0
         first_output = None
@@ -303,16 +324,123 @@ class DynamicPOTrainer(DPOTrainer):
                 beta_scale=self.args.beta_scale,
                 beta_margin=self.args.beta_margin,
                 eps=self.args.beta_eps,
+                gamma=gamma,
+                napo_use_reference=self.args.napo_use_reference,
             )
             loss = loss + output.losses.mean() * weight
             first_output = first_output or output
 
+        if mode == "train":
+            # Tokens actually fed to the model (padding excluded), summed over processes, cumulative as in TRL.
+            tokens = (inputs["segment_ids"] >= 0).sum() if "segment_ids" in inputs else inputs["attention_mask"].sum()
+            self._total_train_tokens += int(self.accelerator.gather(tokens.reshape(1)).sum().item())
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        if ref_logps is None:  # reference-free: rewards are the policy log-probs themselves
+            ref_chosen, ref_rejected = torch.zeros_like(chosen_logps), torch.zeros_like(rejected_logps)
         self._log_batch_metrics(
             mode, chosen_logps, rejected_logps, ref_chosen, ref_rejected, negative_mask, first_output
         )
         if return_outputs:
             return loss, {"logps": logps.detach()}
         return loss
+
+    def _needs_reference(self, inputs) -> bool:
+        for loss_type in self.loss_types:
+            if loss_type != "napo" or self.args.napo_use_reference:
+                return True
+        # NAPO's confidence score falls back to the reference's probability of each negative.
+        return "rejected_scores" not in inputs
+
+    # ------------------------------------------------------------------ NAPO
+    def _share_in_batch_negatives(self, inputs):
+        """Add answers of other rows of the global batch as negatives, then pack the batch for the forward pass."""
+        prompts, answers = unpack_token_tensors(inputs)
+        embeddings = inputs.get("embedding")
+        local = {
+            "answers": answers,
+            "row_index": inputs["row_index"].tolist(),
+            "embedding": None if embeddings is None else embeddings.float().cpu().tolist(),
+        }
+        # One object per process, in process order: every process sees the same global batch.
+        gathered = gather_object([local])
+        offset = sum(len(part["answers"]) for part in gathered[: self.accelerator.process_index])
+        global_embeddings = None
+        if self.args.in_batch_selection == "similarity":
+            if any(part["embedding"] is None for part in gathered):
+                raise ValueError("`in_batch_selection='similarity'` needs an `embedding` column in the dataset.")
+            global_embeddings = np.array([vec for part in gathered for vec in part["embedding"]], dtype=np.float64)
+        extended = share_in_batch_negatives(
+            [a for part in gathered for a in part["answers"]],
+            range(offset, offset + len(answers)),
+            fraction=self.args.in_batch_fraction,
+            selection=self.args.in_batch_selection,
+            embeddings=global_embeddings,
+            include_chosen=self.args.in_batch_share_chosen,
+            max_negatives=self.args.max_negatives,
+            seed=self.data_collator.seed,
+            step=self.state.global_step,
+            row_ids=[r for part in gathered for r in part["row_index"]],
+        )
+        batch = pack_answers(
+            prompts,
+            extended,
+            self.processing_class.pad_token_id,
+            layout=self.args.layout,
+            pad_to_multiple_of=self.data_collator.pad_to_multiple_of,
+        )
+        own = torch.zeros_like(batch["answer_mask"][:, 1:])
+        for b, row in enumerate(answers):
+            own[b, : len(row) - 1] = True
+        batch["own_negative_mask"] = own
+        batch["num_shared"] = torch.tensor([len(e) - len(a) for e, a in zip(extended, answers)], dtype=torch.float)
+        if "rejected_scores" in inputs:
+            scores = torch.zeros(own.shape)
+            scores[:, : inputs["rejected_scores"].size(1)] = inputs["rejected_scores"].cpu()
+            batch["rejected_scores"] = scores
+        batch["row_index"] = inputs["row_index"].cpu()
+        device = self.accelerator.device
+        return {key: value.to(device) for key, value in batch.items()}
+
+    def _napo_margin(self, mode, inputs, ref_rejected, rejected_token_counts) -> torch.Tensor:
+        """NAPO's γ = γ0·(1 − α·(M_b − M)), with M_b and M reduced over all processes (M updated before the loss)."""
+        with torch.no_grad():
+            if "rejected_scores" in inputs:
+                # A teacher's scores exist only for each row's own negatives, not for shared ones.
+                confidence = inputs["rejected_scores"].float()
+                mask = inputs.get("own_negative_mask", inputs["answer_mask"][:, 1:])
+            else:
+                # The reference's per-token probability of the negative (geometric mean), in [0, 1] like a score.
+                confidence = torch.exp(ref_rejected.float() / rejected_token_counts.clamp(min=1))
+                mask = inputs["answer_mask"][:, 1:]
+            local = torch.stack([(confidence * mask).sum(), mask.float().sum()])
+            total, count = self.accelerator.gather(local.unsqueeze(0)).sum(dim=0).tolist()
+        state = self._napo_state
+        batch_mean = total / count if count > 0 else (state.running_mean or 0.0)
+        running_mean = state.update(batch_mean) if mode == "train" else (state.running_mean or batch_mean)
+        gamma = napo_margin(self.args.napo_gamma0, self.args.napo_alpha, batch_mean, running_mean)
+        metrics = self._metrics[mode]
+        metrics["napo/gamma"].append(float(gamma))
+        metrics["napo/batch_mean"].append(batch_mean)
+        metrics["napo/running_mean"].append(running_mean)
+        if "num_shared" in inputs:
+            shared = self.accelerator.gather(inputs["num_shared"].float()).mean().item()
+            metrics["in_batch/shared_negatives"].append(shared)
+        return gamma.to(inputs["answer_mask"].device)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if "napo" in self.loss_types and self.is_world_process_zero():
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            with open(os.path.join(folder, NAPO_STATE_FILE), "w") as f:
+                json.dump(self._napo_state.state_dict(), f)
+
+    def _load_rng_state(self, checkpoint):
+        # Called by `Trainer` when resuming from `checkpoint`: restore NAPO's running mean with the RNG states.
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint, NAPO_STATE_FILE) if checkpoint else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self._napo_state.load_state_dict(json.load(f))
 
     def _log_batch_metrics(self, mode, chosen_logps, rejected_logps, ref_chosen, ref_rejected, mask, output):
         """Log TRL's reward metrics (over valid negatives) and DynamicPO's, gathered across processes in one call."""

