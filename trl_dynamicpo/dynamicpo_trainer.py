@@ -28,7 +28,7 @@ from .napo import NapoMarginState, share_in_batch_negatives
 from .packing import (
     DataCollatorForMultiNegativePreference,
     answer_logps,
-    mark_fused_lm_head,
+    ensure_fused_lm_head,
     pack_answers,
     unpack_token_tensors,
 )
@@ -201,10 +201,10 @@ class DynamicPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        # DPOTrainer has patched TRL's fused LM head onto the models; record it so `answer_logps` callers don't re-add.
-        mark_fused_lm_head(self.model)
+        # Answer log-probs are computed at answer positions only (see `packing.ensure_fused_lm_head`).
+        ensure_fused_lm_head(self.accelerator.unwrap_model(self.model))
         if self.ref_model is not None:
-            mark_fused_lm_head(self.accelerator.unwrap_model(self.ref_model))
+            ensure_fused_lm_head(self.accelerator.unwrap_model(self.ref_model))
         if isinstance(self.data_collator, DataCollatorForMultiNegativePreference):
             self.add_callback(_NegativeResamplingCallback(self.data_collator))
 

@@ -76,9 +76,10 @@ _LOSS_DESCRIPTIONS = {
         "reward margin that adapts to a teacher's confidence in the negatives"
     ),
     "dynamicpo": (
-        "DynamicPO (Hu et al., 2026): each row keeps only its boundary negatives (those the policy scores at least "
-        "as high as the target) and weights each of them with its own β_j in [0.5 β, 1.5 β] set by a dual margin, "
-        "which prevents the preference optimization collapse of multi-negative losses"
+        "DynamicPO (Hu et al., 2026): the loss of each row is restricted to its boundary negatives (those the policy "
+        "scores at least as high as the target, else the highest-scoring cluster of negatives), each weighted by "
+        "its own β_j in [0.5 β, 1.5 β] set by a dual margin; this prevents the preference optimization collapse "
+        "of multi-negative losses, where easy negatives dominate the gradient"
     ),
 }
 
@@ -293,7 +294,11 @@ def push_dataset_folder(
         # push_to_hub rewrote README.md: its YAML now describes the pushed shards (configs + dataset_info), but its
         # body and the builder's metadata come from whatever card was there before. Rebuild the builder's card with
         # the pushed configs and features.
-        pushed = DatasetCard.load(repo_id, repo_type="dataset", token=token).data
+        # The card is read at a known commit and written on top of it, so a concurrent commit fails (412) instead of
+        # being overwritten.
+        head = api.repo_info(repo_id, repo_type="dataset").sha
+        pushed_card = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head)
+        pushed = DatasetCard.load(pushed_card).data
         pushed_configs = {c.get("config_name", "default"): c for c in pushed.get("configs") or []}
         final_configs = []
         for config in configs:
@@ -312,6 +317,7 @@ def push_dataset_folder(
             operations=operations,
             commit_message=commit_message or "Upload dataset card",
             repo_type="dataset",
+            parent_commit=head,
         )
     except Exception as err:  # any failure midway: report which step, and how to resume
         raise _push_error("dataset", folder, repo_id, stage, call, err, token) from err
@@ -434,14 +440,23 @@ def _format_value(value: Any) -> str | None:
     return text.replace("|", "\\|") if text else None
 
 
-def _usage_snippet(model_ref: str, base_model: str | None) -> str:
-    base_arg = f', base_model="{base_model}"' if base_model else ""
-    # Without a Hub base model the adapter config may name a folder of the training machine.
-    hint = "" if base_model else "# Pass base_model= (Hub id or folder) if the base model is not found.\n"
+def _usage_snippet(model_ref: str, base_model: str | None, is_adapter: bool) -> str:
+    if is_adapter:
+        base_arg = f', base_model="{base_model}"' if base_model else ""
+        # Without a Hub base model the adapter config may name a folder of the training machine.
+        hint = "" if base_model else "# Pass base_model= (Hub id or folder) if the base model is not found.\n"
+        load = (
+            f"from trl_dynamicpo.hub import load_recommender\n\n"
+            f'{hint}model, tokenizer = load_recommender("{model_ref}"{base_arg})'
+        )
+    else:
+        load = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}", padding_side="left")\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{model_ref}").eval()'
+        )
     return f"""```python
-from trl_dynamicpo.hub import load_recommender
-
-{hint}model, tokenizer = load_recommender("{model_ref}"{base_arg})
+{load}
 prompt = (
     "This user recently listened to: Radiohead, Portishead, Massive Attack. "
     "Choose the next artist from these candidates: Björk, Metallica, Tricky, Slayer. Answer:"
@@ -470,8 +485,8 @@ def build_model_card(
     """Model card of a LoRA recommender trained with a multi-negative preference loss.
 
     The YAML metadata has `base_model` (only for a Hub model id, never a local path), `datasets` (a Hub dataset id),
-    `library_name`, `pipeline_tag`, `license`, `tags` (`trl`, `trl-dynamicpo`, `recommendation`, `lora`, the loss and
-    `tags`) and, when `eval_results` is given, a `model-index` with one metric per numeric entry. The body describes
+    `library_name`, `pipeline_tag`, `license`, `tags` (`trl`, `trl-dynamicpo`, `recommendation`, `lora` for a peft
+    adapter, each loss and `tags`) and, when `eval_results` is given, a `model-index` with one metric per numeric entry. The body describes
     the task, the loss and its hyperparameters, the training data, the evaluation results, a usage snippet and the
     BibTeX citations (DynamicPO, S-DPO, NAPO for the NAPO loss, TRL). Values that are None and local paths are left
     out, and keys containing "token" are never written.
@@ -482,7 +497,8 @@ def build_model_card(
         base_model (`str` or `None`):
             Hub id of the base model; None or a local path leaves it out of the metadata.
         loss_type (`str`):
-            Loss the adapter was trained with (`"sdpo"`, `"dmpo"`, `"napo"`, `"dynamicpo"`, ...).
+            Loss the adapter was trained with (`"sdpo"`, `"dmpo"`, `"napo"`, `"dynamicpo"`, ...); combined losses
+            are joined with "+" (e.g. `"sdpo+dynamicpo"`).
         hyperparameters (`dict`):
             Training hyperparameters shown in a table (e.g. beta, number of negatives, learning rate, LoRA rank).
         dataset_name (`str`, *optional*):
@@ -498,7 +514,8 @@ def build_model_card(
         license (`str`, *optional*):
             License id (e.g. `"apache-2.0"`).
         library_name (`str`, *optional*, defaults to `"peft"`):
-            Library the weights load with.
+            Library the weights load with. `"peft"` describes a LoRA adapter loaded with `load_recommender`; any
+            other value a full model loaded with `transformers`.
         pipeline_tag (`str`, *optional*, defaults to `"text-generation"`):
             Hub pipeline tag.
 
@@ -520,13 +537,15 @@ def build_model_card(
     >>> card.save("outputs/lastfm-dynamicpo/README.md")
     ```
     """
-    loss_key = loss_type.strip().lower()
+    # A run may combine losses ("sdpo+dynamicpo"): describe, tag and cite each of them.
+    loss_names = [name.strip().lower() for name in re.split(r"[+,]", loss_type) if name.strip()]
+    is_adapter = library_name == "peft"
     hub_base = base_model if _is_hub_id(base_model) else None
     hub_dataset = dataset_name if _is_hub_id(dataset_name) else None
     model_ref = hub_model_id if _is_hub_id(hub_model_id) else model_name
 
     all_tags = []
-    for tag in ["trl", "trl-dynamicpo", "recommendation", "lora", loss_key, *(tags or [])]:
+    for tag in ["trl", "trl-dynamicpo", "recommendation", "lora" if is_adapter else None, *loss_names, *(tags or [])]:
         if tag and tag not in all_tags:
             all_tags.append(tag)
 
@@ -560,23 +579,24 @@ def build_model_card(
 
     lines = [f"# {model_name}", ""]
     base_text = f"[{hub_base}]({HUB_URL}/{hub_base})" if hub_base else "a causal language model"
+    kind = "a LoRA adapter for" if is_adapter else "a fine-tuned version of"
     lines.append(
-        f"This model is a LoRA adapter for {base_text} that turns it into a sequential recommender: given the items a "
-        "user interacted with (oldest first) and a list of candidate items, it generates the title of the item the "
-        "user is most likely to interact with next."
+        f"This model is {kind} {base_text} that turns it into a sequential recommender: given the items a user "
+        "interacted with (oldest first) and a list of candidate items, it generates the title of the item the user "
+        "is most likely to interact with next."
     )
     lines += ["", "## Training procedure", ""]
-    description = _LOSS_DESCRIPTIONS.get(loss_key, f"the `{loss_type}` preference loss")
+    descriptions = [_LOSS_DESCRIPTIONS.get(name, f"the `{name}` preference loss") for name in loss_names]
     lines.append(
-        f"It was trained with `trl-dynamicpo`, built on [TRL](https://github.com/huggingface/trl), using "
-        f'`loss_type="{loss_key}"`: '
-        f"{description}. Here "
+        "It was trained with `trl-dynamicpo`, built on [TRL](https://github.com/huggingface/trl), using "
+        f'`loss_type="{"+".join(loss_names)}"`: {"; ".join(descriptions)}. Here '
+        + ("s(y) is the summed log-probability of an answer under the trained model, " if "napo" in loss_names else "")
         + (
-            "s(y) is the summed log-probability of an answer under the trained model"
-            if "napo" in loss_key
-            else "r(y) is the log-probability ratio of an answer under the trained model and the reference model"
+            ""
+            if loss_names == ["napo"]
+            else "r(y) the log-probability ratio of an answer under the trained model and the reference model, "
         )
-        + ", y_w the target item and y_j the negative items (other candidates)."
+        + "y_w the target item and y_j the negative items (other candidates)."
     )
     rows = [
         (key, _format_value(value)) for key, value in (hyperparameters or {}).items() if "token" not in key.lower()
@@ -594,24 +614,26 @@ def build_model_card(
     else:
         lines.append("A preference dataset with one row per user and target item.")
     lines[-1] += (
-        " Each prompt lists the user's recent history and 20 candidate items; the chosen answer is the target item "
+        " Each prompt lists the user's recent history and the candidate items; the chosen answer is the target item "
         "and the rejected answers are the other candidates."
     )
 
     lines += ["", "## Evaluation", ""]
     if metrics:
-        lines.append(
-            f"Greedy decoding on the `{eval_dataset_split}` split. ValidRatio is the share of prompts whose output "
-            "names exactly one candidate; HR@1 the share of prompts whose valid output names the target."
-        )
+        lines.append(f"Results on the `{eval_dataset_split}` split.")
+        if any(metric_type in ("hr@1", "valid_ratio") for metric_type, _, _ in metrics):
+            lines[-1] += (
+                " Generated answers use greedy decoding: ValidRatio is the share of prompts whose answer names exactly "
+                "one candidate, HR@1 the share of prompts whose valid answer names the target item."
+            )
         lines += ["", "| Metric | Value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for _, name, value in metrics]
     else:
         lines.append("No evaluation results were recorded for this model.")
 
-    lines += ["", "## Usage", "", _usage_snippet(model_ref, hub_base), ""]
+    lines += ["", "## Usage", "", _usage_snippet(model_ref, hub_base, is_adapter), ""]
     lines += ["## Citations", "", "```bibtex"]
-    cited = ["dynamicpo", "sdpo"] + (["napo"] if "napo" in loss_key else []) + ["trl"]
+    cited = ["dynamicpo", "sdpo"] + (["napo"] if "napo" in loss_names else []) + ["trl"]
     lines.append("\n\n".join(_CITATIONS[name] for name in cited))
     lines += ["```", ""]
 
@@ -700,7 +722,7 @@ def load_recommender(
     if dtype is not None:
         model_kwargs["dtype"] = dtype
 
-    base = AutoModelForCausalLM.from_pretrained(base_model, **base_kwargs, **model_kwargs)
+    base = AutoModelForCausalLM.from_pretrained(base_model, **{**base_kwargs, **model_kwargs})
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
     if device is not None:
         model.to(device)
@@ -710,7 +732,7 @@ def load_recommender(
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     else:
         gguf = {"gguf_file": model_kwargs["gguf_file"]} if "gguf_file" in model_kwargs else {}
-        tokenizer = AutoTokenizer.from_pretrained(base_model, **base_kwargs, **gguf)
+        tokenizer = AutoTokenizer.from_pretrained(base_model, **{**base_kwargs, **gguf})
     tokenizer.padding_side = "left"  # generation continues after the last prompt token of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token

@@ -16,6 +16,8 @@ Float masks (0 / dtype min) are used on purpose: with transformers 5.23, boolean
 eager attention.
 """
 
+import functools
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,8 @@ from transformers.data.data_collator import DataCollatorMixin
 
 
 LAYOUTS = ("packed", "concatenated")
-_FUSED_MARKER = "_trl_dynamicpo_fused_lm_head"
+_FUSED_MARKER = "_trl_dynamicpo_answer_lm_head"
+_VOCAB_CHUNK = 32768
 
 
 def _pad_to(length: int, multiple: int | None) -> int:
@@ -164,24 +167,57 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torc
     return mask.unsqueeze(1)
 
 
-def ensure_fused_lm_head(model) -> None:
-    """Patch TRL's fused LM head onto `model` (idempotent; for a `PeftModel`, onto its base model).
+def _install_answer_head(target) -> None:
+    """Patch `target.forward` so that `forward(..., labels=..., answer_lm_head=True)` returns answer log-probs only.
 
-    The fused head returns per-token log-probs of the labels without materializing the full `[B, L, vocab]` logits,
-    which for a 49k vocabulary and packed 20-answer rows would be gigabytes.
+    The backbone runs as usual; the LM head is applied only at positions whose next-token label is not `-100`, with
+    TRL's chunked log-prob kernel (no `[N, vocab]` logits kept for backward). TRL's own fused head scores every position
+    on devices without Triton (CPU), which for a 49k vocabulary costs more than a small model's layers. The patched
+    forward is reached through PEFT and DDP/FSDP wrappers, which call the wrapped module's `forward`.
     """
-    from trl.trainer.utils import add_fused_lm_head
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    previous = target.forward
+    text_config = target.config.get_text_config()
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    scale = getattr(text_config, "logit_scale", None) or 1.0
+
+    @functools.wraps(type(target).forward)
+    def forward(self, *args, answer_lm_head=False, labels=None, **kwargs):
+        if not answer_lm_head:
+            if labels is not None:
+                kwargs["labels"] = labels
+            return previous(*args, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(hidden.device)
+        mask = targets != -100
+        head = self.get_output_embeddings()
+        with maybe_gather_lm_head_ctx(head.weight, head.bias):
+            log_probs = ChunkedLogProbFunction.apply(
+                hidden[mask], head.weight, head.bias, targets[mask], 1.0, _VOCAB_CHUNK, softcap, scale, ("log_probs",)
+            )[0]
+        # masked_scatter keeps the result connected to the graph even when no position is scored.
+        return log_probs.new_zeros(mask.shape).masked_scatter(mask, log_probs)
+
+    target.forward = types.MethodType(forward, target)
+
+
+def ensure_fused_lm_head(model) -> None:
+    """Patch the answer-positions-only LM head onto `model` (idempotent; for a `PeftModel`, onto its base model).
+
+    Needed by [`answer_logps`]: log-probs are computed at answer positions only, without materializing the
+    `[B, L, vocab]` logits, which for a 49k vocabulary and packed 20-answer rows would be gigabytes.
+    """
+    target = model
+    while hasattr(target, "module") and isinstance(target.module, torch.nn.Module):  # DDP / DeepSpeed wrappers
+        target = target.module
+    if hasattr(target, "get_base_model"):  # PEFT
+        target = target.get_base_model()
     if getattr(target, _FUSED_MARKER, False):
         return
-    add_fused_lm_head(target)
-    setattr(target, _FUSED_MARKER, True)
-
-
-def mark_fused_lm_head(model) -> None:
-    """Record that `model` (or its PEFT base model) already has TRL's fused LM head (added by `DPOTrainer`)."""
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    _install_answer_head(target)
     setattr(target, _FUSED_MARKER, True)
 
 
@@ -197,7 +233,7 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
 
     Args:
         model ([`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
-            A causal LM with TRL's fused LM head (see [`ensure_fused_lm_head`]).
+            A causal LM (the answer LM head of [`ensure_fused_lm_head`] is added on first use).
         batch (`dict`):
             Output of [`pack_answers`] (or of the collator), on the model's device.
         return_token_counts (`bool`, *optional*, defaults to `False`):
@@ -208,6 +244,7 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
     >>> logps = answer_logps(model, pack_answers(prompt_ids, answer_ids, tokenizer.pad_token_id))  # doctest: +SKIP
     ```
     """
+    ensure_fused_lm_head(model)
     answer_mask = batch["answer_mask"]
     num_rows, num_answers = answer_mask.shape
     labels = batch["labels"]
@@ -225,10 +262,9 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
             attention_mask=mask,
             position_ids=batch["position_ids"],
             labels=labels,
-            fused_lm_head=True,
-            use_cache=False,
+            answer_lm_head=True,
         )
-        per_token = outputs.log_probs[:, -(labels.size(1) - 1) :]
+        per_token = outputs[:, -(labels.size(1) - 1) :]
         scored = labels[:, 1:] != -100
         # Answer index of each scored token (its segment id minus one), into a flat [B * A] index.
         answer_index = (segment_ids[:, 1:] - 1).clamp(min=0)
@@ -244,10 +280,9 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=labels,
-            fused_lm_head=True,
-            use_cache=False,
+            answer_lm_head=True,
         )
-        per_token = outputs.log_probs[:, -(labels.size(1) - 1) :]
+        per_token = outputs[:, -(labels.size(1) - 1) :]
         scored = labels[:, 1:] != -100
         per_sequence = torch.where(scored, per_token, torch.zeros_like(per_token)).sum(dim=1)
         index = batch["sequence_index"]
