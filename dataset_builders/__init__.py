@@ -1,0 +1,27 @@
+"""Dataset builders: raw MovieLens / LastFM / Goodreads data -> multi-negative preference datasets.
+
+```python
+from dataset_builders import build_dataset
+
+dataset = build_dataset("movielens-100k", "data/ml100k", raw_dir="path/to/ml-100k")
+```
+
+Command line: `python dataset_builders/build.py --help`.
+"""
+
+from .config import BuildConfig
+from .errors import MissingRawFilesError, RawDataError
+from .pipeline import BuildResult, build_dataset, run_build
+from .sources import SOURCES, get_source
+
+
+__all__ = [
+    "SOURCES",
+    "BuildConfig",
+    "BuildResult",
+    "MissingRawFilesError",
+    "RawDataError",
+    "build_dataset",
+    "get_source",
+    "run_build",
+]

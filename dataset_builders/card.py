@@ -1,0 +1,229 @@
+"""The dataset card (`README.md` with a YAML header) of a built dataset folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from .config import SPLITS
+from .sources.base import Source
+
+
+_SIZES = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+]
+
+_PARAMETER_MEANINGS = {
+    "min_rating": "interactions with a lower rating dropped (None: all kept)",
+    "k_core": "users and items with fewer interactions removed iteratively (0: off)",
+    "max_history": "history = the last max_history items before the target",
+    "min_history": "rows with a shorter history dropped",
+    "split": "time: global cut on target timestamps; leave-last-out: last row per user is test, previous validation",
+    "split_ratios": "train/validation/test shares of the rows (time split)",
+    "num_candidates": "candidates per prompt (target + negatives)",
+    "negative_sampling": "uniform, or popularity (probability proportional to train_count + 1)",
+    "seed": "per-row RNG seed: numpy default_rng((seed, blake2b(user_id), position of the target))",
+    "head_share": "share of training interactions covered by the 'head' items",
+    "tail_share": "maximum share of training interactions covered by the 'tail' items",
+    "domain": "prompt template domain",
+}
+
+
+def size_category(rows: int) -> str:
+    return next((label for bound, label in _SIZES if rows < bound), "100M<n<1B")
+
+
+def card_metadata(source: Source, info: dict) -> dict:
+    """The YAML header: license, task, tags, pretty name, and the `default` and `items` configs."""
+    rows = sum(info["statistics"]["rows"].values())
+    return {
+        "pretty_name": f"{source.pretty_name} multi-negative preferences (DynamicPO)",
+        **source.license,
+        "task_categories": ["text-generation"],
+        "tags": ["recommendation", "preference", "dynamicpo"],
+        "size_categories": [size_category(rows)],
+        "configs": [
+            {
+                "config_name": "default",
+                "default": True,
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS],
+            },
+            {"config_name": "items", "data_files": [{"split": "train", "path": "items/items-*.parquet"}]},
+        ],
+    }
+
+
+def _statistics_table(info: dict) -> str:
+    stats = info["statistics"]
+    lines = ["| split | rows | users | mean history length | target timestamps |", "|---|---:|---:|---:|---|"]
+    for split in SPLITS:
+        span = stats["timestamp_range"][split]
+        span_text = f"{span[0]} – {span[1]}" if span else "–"
+        lines.append(
+            f"| {split} | {stats['rows'][split]:,} | {stats['users_per_split'][split]:,} | "
+            f"{stats['mean_history_length'][split]:.2f} | {span_text} |"
+        )
+    lines.append("")
+    lines.append(f"- users: {stats['users']:,}; items: {stats['items']:,}")
+    if stats.get("interactions_kept") is not None:
+        lines.append(f"- interactions kept: {stats['interactions_kept']:,}")
+    lines.append(f"- rows whose history has the maximum length: {stats['share_rows_with_full_history']:.1%}")
+    groups = stats["item_groups"]
+    lines.append(f"- item groups: head {groups['head']:,}, mid {groups['mid']:,}, tail {groups['tail']:,}")
+    dropped = {k: v for k, v in info["dropped"].items() if v}
+    if dropped:
+        lines.append(
+            "- dropped or changed while preprocessing: " + ", ".join(f"{k} = {v:,}" for k, v in dropped.items())
+        )
+    return "\n".join(lines)
+
+
+def _parameters_table(info: dict, keys: tuple[str, ...] | None = None) -> str:
+    params = info["parameters"]
+    lines = ["| parameter | value | meaning |", "|---|---|---|"]
+    for key, meaning in _PARAMETER_MEANINGS.items():
+        if key in params and (keys is None or key in keys):
+            lines.append(f"| `{key}` | `{params[key]}` | {meaning} |")
+    return "\n".join(lines)
+
+
+_PRESPLIT_PARAMETERS = ("seed", "domain", "head_share", "tail_share")
+
+
+def _preprocessing(info: dict) -> str:
+    """The preprocessing section: parameters and steps (an import of processed files only renders prompts)."""
+    params = info["parameters"]
+    if "presplit" in info["notes"]:
+        table = _parameters_table(info, keys=_PRESPLIT_PARAMETERS)
+        return f"""{table}
+
+Imported from already-processed files ({", ".join(info["notes"]["input_files"].values())}): splits, histories,
+candidates (in their order) and targets are kept as given; titles are whitespace-normalized; `item_id` is the index of
+a title in order of first appearance; `user_id` is the record's `user_id` or `<split>-<index>`. Only the prompts are
+rendered here (the per-row template choice is seeded by (seed, split, index))."""
+    return f"""{_parameters_table(info)}
+
+1. Items without a title are dropped with their interactions; a title shared by several items gets `" [id <item_id>]"`
+   on every item but the first (item-file order), so each title names exactly one item. Titles are
+   whitespace-normalized (MovieLens: a trailing article is moved to the front, "Usual Suspects, The (1995)" becomes
+   "The Usual Suspects (1995)").
+2. A user's first interaction with an item is kept (repeats are dropped) and each user's interactions are ordered by
+   timestamp ({info["source"]["timestamp"]}), ties by line in the raw file. Every interaction with at least
+   `min_history` earlier ones is a row: the target, and up to `max_history` items just before it (oldest first).
+3. Split {_split_text(params)}. No history contains its target or any interaction later than its target (checked on
+   every build).
+4. Candidates: the target plus negatives drawn without replacement from the items not in the row's history and not the
+   target, the target at a random position; each row has its own RNG, so builds are reproducible byte for byte."""
+
+
+def _split_text(params: dict) -> str:
+    if params["split"] == "leave-last-out":
+        return "(leave-last-out): each user's last row is test, the row before it validation, the rest train"
+    shares = ":".join(f"{share:g}" for share in params["split_ratios"])
+    return (
+        f"by time ({shares}): rows sorted by target timestamp (ties by raw-file line) and cut at those shares, so the "
+        "training targets are no later than the validation targets, which are no later than the test targets"
+    )
+
+
+def card_text(source: Source, info: dict, example: dict | None, repo_hint: str = "path/to/this/folder") -> str:
+    """The complete README.md text."""
+    header = yaml.safe_dump(card_metadata(source, info), sort_keys=False, allow_unicode=True, width=1000)
+    params = info["parameters"]
+    notes = info["notes"]
+    files = ", ".join(f"`{record['name']}`" for record in info["source"]["files"])
+    note_lines = "\n".join(f"- {key}: {value}" for key, value in notes.items() if key != "input_files")
+    template_blocks = "\n\n".join(f"```text\n{text}\n```" for text in params["templates"])
+    example_block = (
+        "```json\n" + json.dumps(example, indent=2, ensure_ascii=False) + "\n```" if example else "(no rows)"
+    )
+    license_line = source.license["license"]
+    if "license_link" in source.license:
+        license_line = f"{source.license.get('license_name', license_line)} ({source.license['license_link']})"
+    return f"""---
+{header}---
+
+# {source.pretty_name}: multi-negative preference data for LLM recommenders
+
+Next-item recommendation prompts with one positive (`chosen`, the item the user really consumed next) and
+{params.get("num_candidates", 20) - 1} negatives (`rejected`) among the candidates listed in the prompt, in the format
+used by S-DPO, DMPO and DynamicPO (multi-negative preference optimization). Built by `dataset_builders` of
+`trl_dynamicpo` from the raw files {files} of [{source.pretty_name}]({source.homepage}).
+
+## Source, terms and citation
+
+{source.terms}
+
+License: {license_line}. Please cite the data:
+
+> {source.citation}
+
+Only the raw data's own terms apply; the processing adds no restriction. Files used, with their SHA-256 checks, are
+listed in `build_info.json`.
+
+## Statistics
+
+{_statistics_table(info)}
+
+{note_lines}
+
+## Preprocessing
+
+{_preprocessing(info)}
+
+## Prompt format
+
+The history and the candidates are listed one title per line, verbatim, without quotes or numbering; titles are
+unique and contain no newline, so every line is exactly one title. The prompt ends with `Answer:` (no trailing space);
+`chosen` / `rejected` are bare titles (the trainer inserts the separating space). Template(s) used
+({"rotated per row" if len(params["templates"]) > 1 else "one fixed template"}):
+
+{template_blocks}
+
+## Columns
+
+- `prompt` (string): the full prompt.
+- `chosen` (string): the target title; `target` (string) is the same title.
+- `rejected` (list of strings): the other candidate titles, in prompt order.
+- `candidates` (list of strings): all candidate titles in prompt order (includes the target).
+- `history` (list of strings): history titles, oldest first.
+- `user_id` (string), `target_id` (string, item id of the target), `timestamp` (int: {info["source"]["timestamp"]}).
+
+Config `items` (split `train`): `item_id`, `title`, `train_count`, `popularity_rank`, `popularity_group`.
+`train_count` is the number of interactions with the item that belong to training time: with the time split, the
+kept interactions no later than the last training target (in timestamp, then raw-file order); with leave-last-out,
+each user's interactions before the user's first validation or test target. `popularity_rank` orders items by
+`train_count` (1 = most popular; ties by item id). `popularity_group`: items sorted by rank; **head** = the shortest
+prefix of items that together make {params["head_share"]:.0%} of the training interactions; **tail** = the longest
+suffix of least popular items that together make at most {params["tail_share"]:.0%} of them (items never seen in
+training are always tail); **mid** = the rest.
+
+## How to load
+
+```python
+from datasets import load_dataset
+
+dataset = load_dataset("{repo_hint}")           # train / validation / test
+items = load_dataset("{repo_hint}", "items")    # item table (split "train")
+```
+
+## Example row
+
+{example_block}
+"""
+
+
+def write_card(
+    output_dir: Path, source: Source, info: dict, example: dict | None, repo_hint: str | None = None
+) -> Path:
+    """Write `<output_dir>/README.md`; `repo_hint` is the name shown in the loading snippet (default: the folder)."""
+    path = Path(output_dir) / "README.md"
+    path.write_text(card_text(source, info, example, repo_hint=repo_hint or str(output_dir)), encoding="utf-8")
+    return path
