@@ -6,9 +6,15 @@ they are not checked; the archive's SHA-256 is recorded on first download.
 from __future__ import annotations
 
 from ..download import RawFile, RemoteFile, Requirement
-from ..readers import parse_floats, parse_integers, read_delimited, require_values
+from ..readers import read_delimited, require_values
 from .base import InteractionData, Source, register_source
-from .movielens_common import MOVIELENS_CITATION, MOVIELENS_LICENSE, MOVIELENS_TERMS, normalize_movielens_title
+from .movielens_common import (
+    MOVIELENS_CITATION,
+    MOVIELENS_LICENSE,
+    MOVIELENS_TERMS,
+    normalize_movielens_title,
+    read_movielens_ratings,
+)
 
 
 ARCHIVE = RemoteFile("https://files.grouplens.org/datasets/movielens/ml-1m.zip")
@@ -32,13 +38,7 @@ class MovieLens1M(Source):
 
     def parse(self, files, config):
         ratings_path, movies_path = files["ratings.dat"], files["movies.dat"]
-        ratings = read_delimited(
-            ratings_path, sep="::", columns=["user", "item", "rating", "timestamp"], encoding="latin-1"
-        )
-        for column in ("user", "item"):
-            require_values(ratings, column, ratings_path)
-        ratings["timestamp"] = parse_integers(ratings, "timestamp", ratings_path)
-        ratings["rating"] = parse_floats(ratings, "rating", ratings_path)
+        ratings = read_movielens_ratings(ratings_path, sep="::")
         movies = read_delimited(
             movies_path,
             sep="::",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from ..readers import parse_floats, parse_integers, read_delimited, require_values
+
 
 # Articles that MovieLens moves to the end. Ambiguous short words ("O", "Da", "As") are left out on purpose: e.g.
 # "Hip Hop Witch, Da (2000)" is not an article inversion.
@@ -80,3 +82,15 @@ MOVIELENS_CITATION = (
     "F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and Context. ACM Transactions on "
     "Interactive Intelligent Systems (TiiS) 5, 4, Article 19. https://doi.org/10.1145/2827872"
 )
+
+
+def read_movielens_ratings(path, *, sep: str, encoding: str = "latin-1", header: list[str] | None = None):
+    """The `user, item, rating, timestamp` table every MovieLens release has, each value checked (file and line)."""
+    ratings = read_delimited(
+        path, sep=sep, columns=["user", "item", "rating", "timestamp"], encoding=encoding, header=header
+    )
+    for column in ("user", "item"):
+        require_values(ratings, column, path)
+    ratings["timestamp"] = parse_integers(ratings, "timestamp", path)
+    ratings["rating"] = parse_floats(ratings, "rating", path)
+    return ratings

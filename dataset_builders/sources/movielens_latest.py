@@ -6,9 +6,15 @@ they contain commas), both UTF-8.
 from __future__ import annotations
 
 from ..download import RawFile, RemoteFile, Requirement
-from ..readers import parse_floats, parse_integers, read_delimited, read_quoted_csv, require_values
+from ..readers import read_quoted_csv, require_values
 from .base import InteractionData, Source, register_source
-from .movielens_common import MOVIELENS_CITATION, MOVIELENS_LICENSE, MOVIELENS_TERMS, normalize_movielens_title
+from .movielens_common import (
+    MOVIELENS_CITATION,
+    MOVIELENS_LICENSE,
+    MOVIELENS_TERMS,
+    normalize_movielens_title,
+    read_movielens_ratings,
+)
 
 
 ARCHIVE = RemoteFile("https://files.grouplens.org/datasets/movielens/ml-latest-small.zip")
@@ -48,17 +54,9 @@ class MovieLensLatestSmall(Source):
 
     def parse(self, files, config):
         ratings_path, movies_path = files["ratings.csv"], files["movies.csv"]
-        ratings = read_delimited(
-            ratings_path,
-            sep=",",
-            columns=["user", "item", "rating", "timestamp"],
-            encoding="utf-8",
-            header=["userId", "movieId", "rating", "timestamp"],
+        ratings = read_movielens_ratings(
+            ratings_path, sep=",", encoding="utf-8", header=["userId", "movieId", "rating", "timestamp"]
         )
-        for column in ("user", "item"):
-            require_values(ratings, column, ratings_path)
-        ratings["timestamp"] = parse_integers(ratings, "timestamp", ratings_path)
-        ratings["rating"] = parse_floats(ratings, "rating", ratings_path)
         movies = read_quoted_csv(movies_path, encoding=config.raw_encoding or "utf-8", required=["movieId", "title"])
         movies = movies.rename(columns={"movieId": "item"})
         require_values(movies, "item", movies_path)
