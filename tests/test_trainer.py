@@ -109,8 +109,9 @@ def test_k1_dpo_equals_trl_sigmoid(tokenizer, tmp_path):
         assert ours._metrics["train"][key][-1] == pytest.approx(trl._metrics["train"][key][-1], abs=1e-4), key
 
 
-def test_lora_training_changes_adapter_only_and_reloads(tokenizer, tmp_path):
-    model = make_tiny_model(tokenizer)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lora_training_changes_adapter_only_and_reloads(tokenizer, tmp_path, arch):
+    model = make_tiny_model(tokenizer, arch=arch)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = DynamicPOTrainer(
         model,
@@ -141,7 +142,7 @@ def test_lora_training_changes_adapter_only_and_reloads(tokenizer, tmp_path):
     trainer.model.eval()
     with torch.no_grad():
         expected = answer_logps(trainer.model, batch)
-        base = make_tiny_model(tokenizer)
+        base = make_tiny_model(tokenizer, arch=arch)
         reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
         from trl_dynamicpo.packing import ensure_fused_lm_head
 
