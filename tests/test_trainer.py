@@ -122,6 +122,7 @@ def test_lora_training_changes_adapter_only_and_reloads(tokenizer, tmp_path, arc
     )
     lora_before = {n: p.clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
+    assert trainer.data_collator.epoch == 1  # 3 steps of 2 per epoch: the negatives were re-drawn for epoch 1
     lora_after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
     for name, value in trainer.model.get_base_model().state_dict().items():
