@@ -33,6 +33,17 @@ _LAZY = {
     "pack_answers": "packing",
     "load_causal_lm": "model_utils",
     "load_recommender": "hub",
+    "build_model_card": "hub",
+    "push_adapter_folder": "hub",
+    "push_dataset_folder": "hub",
+    "EvaluationConfig": "evaluation",
+    "evaluate_recommender": "evaluation",
+    "generation_metrics": "evaluation",
+    "ranking_metrics": "evaluation",
+    "popularity_metrics": "evaluation",
+    "baseline_metrics": "evaluation",
+    "score_candidates": "evaluation",
+    "generate_answers": "evaluation",
 }
 
 __all__ = sorted(_LAZY)
