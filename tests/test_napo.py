@@ -197,9 +197,9 @@ def test_config_rejects_precompute_with_sharing(tmp_path):
 def test_multiprocess_gather(tmp_path):
     """Two CPU processes: each row receives negatives from the other process's rows, and M_b is the global mean."""
     script = Path(__file__).parent / "scripts" / "napo_multiprocess.py"
-    # accelerate's `--cpu` launcher starts one process without MPI; torchrun (`--multi_gpu`) + ACCELERATE_USE_CPU
-    # gives two CPU processes with the gloo backend.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1"}
+    # accelerate's `--cpu` launcher starts one process without MPI; torchrun's (`--multi_gpu`) starts two, which
+    # DynamicPOConfig (no GPU: `use_cpu`) puts in a gloo process group.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no"]

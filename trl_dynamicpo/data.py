@@ -231,3 +231,61 @@ def tokenize_rows(
         out["rejected_ids"].append(answer_ids[1:])
         out["row_index"].append(index)
     return out
+
+
+def load_dataset_folder(folder, config: str | None = None):
+    """Load one config of a local dataset folder as a `DatasetDict`, straight from its files (`None` if absent).
+
+    A folder written by `dataset_builders` (or by `push_to_hub`) lists the Parquet files of each config in the YAML
+    `configs` of its `README.md`; a `save_to_disk` folder is read with `load_from_disk`; a folder without a card is
+    read as `data/<split>-*.parquet`. The files are read with pyarrow rather than `datasets.load_dataset`, whose cache
+    of local folders is keyed by the folder's name and file patterns (datasets 5.2): two folders with the same name,
+    e.g. two runs' `source/`, would silently share one cached copy.
+
+    Args:
+        folder (`str` or `os.PathLike`):
+            The dataset folder.
+        config (`str`, *optional*):
+            Config name (`None` or `"default"` for the default config, e.g. `"items"` for the item table).
+
+    Example:
+    ```python
+    >>> from trl_dynamicpo.data import load_dataset_folder
+    >>> splits = load_dataset_folder("data/ml100k")  # doctest: +SKIP
+    >>> items = load_dataset_folder("data/ml100k", "items")["train"]  # doctest: +SKIP
+    ```
+    """
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetDict, load_from_disk
+    from huggingface_hub import DatasetCard
+
+    root = Path(folder)
+    name = config or "default"
+    if (root / "dataset_dict.json").is_file() and name == "default":
+        return load_from_disk(str(root))
+    if config and (root / config / "dataset_dict.json").is_file():
+        return load_from_disk(str(root / config))
+    configs = DatasetCard.load(root / "README.md").data.get("configs") or [] if (root / "README.md").is_file() else []
+    entry = next((c for c in configs if c.get("config_name", "default") == name), None)
+    if entry is None and name == "default":
+        files = sorted(root.glob("data/*.parquet"))
+        entry = {"data_files": [{"split": p.name.split("-")[0], "path": f"data/{p.name}"} for p in files]}
+    if entry is None or not entry.get("data_files"):
+        return None
+    data_files = entry["data_files"]
+    if isinstance(data_files, str | dict):
+        data_files = [data_files]
+    splits: dict[str, list] = {}
+    for item in data_files:
+        split, patterns = (item.get("split", "train"), item["path"]) if isinstance(item, dict) else ("train", item)
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            splits.setdefault(split, []).extend(sorted(root.glob(pattern)))
+    tables = {
+        split: Dataset(pa.concat_tables([pq.read_table(path) for path in paths]))
+        for split, paths in splits.items()
+        if paths
+    }
+    return DatasetDict(tables) if tables else None

@@ -21,7 +21,8 @@ class DynamicPOConfig(DPOConfig):
 
     Defaults that differ from `DPOConfig`: `loss_type=["dynamicpo"]`, `beta=1.0` and `learning_rate=1e-5` (the
     values of the S-DPO and DynamicPO papers), and `bf16` defaults to `False` when no GPU is available (bf16 on CPU is
-    slow and moves log-probs by up to 0.3 nats).
+    slow and moves log-probs by up to 0.3 nats); with no accelerator `use_cpu` is set, so that processes started by
+    torchrun join a CPU process group.
 
     Parameters:
         loss_type (`list[str]`, *optional*, defaults to `["dynamicpo"]`):
@@ -184,8 +185,12 @@ class DynamicPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        if self.bf16 is None and not self.fp16 and not (torch.cuda.is_available() or _has_other_accelerator()):
-            self.bf16 = False
+        if not (torch.cuda.is_available() or _has_other_accelerator()):
+            if self.bf16 is None and not self.fp16:
+                self.bf16 = False
+            # With no accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) must join a CPU
+            # (gloo) process group; without `use_cpu` they would each train alone.
+            self.use_cpu = True
         super().__post_init__()
         self.loss_type = [LOSS_ALIASES.get(name, name) for name in self.loss_type]
         for name in self.loss_type:

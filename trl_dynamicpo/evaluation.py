@@ -568,7 +568,7 @@ def baseline_metrics(
 
 
 def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}/{name}": value for name, value in metrics.items() if name != "num_samples"}
+    return {f"{prefix}/{name}": value for name, value in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -245,8 +245,9 @@ def push_dataset_folder(
     >>> load_dataset("my-user/lastfm-sdpo")["train"][0]["chosen"]
     ```
     """
-    from datasets import load_dataset
     from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi
+
+    from .data import load_dataset_folder
 
     folder = Path(folder)
     validate_repo_id(repo_id)
@@ -261,7 +262,9 @@ def push_dataset_folder(
     loaded = []
     for config in configs:
         name = config.get("config_name", "default")
-        dataset = load_dataset(str(folder), name, keep_in_memory=True)
+        dataset = load_dataset_folder(folder, name)
+        if dataset is None:
+            raise FileNotFoundError(f"{folder}: the card lists the config {name!r} but none of its files exist.")
         data_dir = _data_dir_of(config) or ("data" if name == "default" else name)
         loaded.append((config, name, data_dir, dataset))
     data_dirs = {data_dir for _, _, data_dir, _ in loaded}
