@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command: lint, then the default (fast) test suite. Slow tests: .venv/bin/python -m pytest -m slow
+# The test command: lint, format check, then the default (fast) test suite.
+# Slow tests (the real SmolLM2-135M): .venv/bin/python -m pytest -m slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 "$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
 "$VENV/bin/python" -m pytest -q "$@"
