@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 
 from .data import check_columns, numbered_rejected_columns, tokenize_rows
 from .dynamicpo_config import DynamicPOConfig
+from .hub import CITATIONS
 from .losses import compute_multi_negative_loss, napo_margin, resolve_loss_type
 from .napo import NapoMarginState, share_in_batch_negatives
 from .packing import (
@@ -120,16 +120,7 @@ class DynamicPOTrainer(DPOTrainer):
     _paper = {
         "title": "DynamicPO: Dynamic Preference Optimization for Recommendation",
         "id": "2605.00327",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @inproceedings{hu2026dynamicpo,
-                title        = {{DynamicPO: Dynamic Preference Optimization for Recommendation}},
-                author       = {Hu and others},
-                year         = 2026,
-                booktitle    = {Database Systems for Advanced Applications (DASFAA 2026)},
-                eprint       = {2605.00327},
-                archivePrefix = {arXiv},
-            }"""),
+        "citation": CITATIONS["dynamicpo"],
     }
 
     def __init__(

@@ -63,8 +63,8 @@ _TOKENIZER_FILES = [
 _ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock"]
 
 _LOSS_DESCRIPTIONS = {
-    "sigmoid": "pairwise DPO: −log σ(β (r_w − r_j)) against a single negative",
-    "dpo": "pairwise DPO: −log σ(β (r_w − r_j)) against a single negative",
+    "sigmoid": "DPO averaged over the negatives: mean_j −log σ(β (r_w − r_j)) (TRL's sigmoid loss for K = 1)",
+    "dpo": "DPO averaged over the negatives: mean_j −log σ(β (r_w − r_j)) (TRL's sigmoid loss for K = 1)",
     "sdpo": (
         "S-DPO (softmax DPO, Chen et al., 2024): −log σ(−log Σ_j exp(β (r_j − r_w))) over K negatives; "
         "it reduces to DPO for K = 1"
@@ -83,7 +83,8 @@ _LOSS_DESCRIPTIONS = {
     ),
 }
 
-_CITATIONS = {
+# BibTeX of the methods this library implements, keyed by loss name (and "trl"); model cards cite the ones used.
+CITATIONS = {
     "dynamicpo": """@inproceedings{hu2026dynamicpo,
     title         = {{DynamicPO: Dynamic Preference Optimization for Recommendation}},
     author        = {Xingyu Hu and Kai Zhang and Jiancan Wu and Shuli Wang and Chi Wang and Wenshuai Chen and Yinhua Zhu and Haitao Wang and Xingxing Wang and Xiang Wang},
@@ -637,7 +638,7 @@ def build_model_card(
     lines += ["", "## Usage", "", _usage_snippet(model_ref, hub_base, is_adapter), ""]
     lines += ["## Citations", "", "```bibtex"]
     cited = ["dynamicpo", "sdpo"] + (["napo"] if "napo" in loss_names else []) + ["trl"]
-    lines.append("\n\n".join(_CITATIONS[name] for name in cited))
+    lines.append("\n\n".join(CITATIONS[name] for name in cited))
     lines += ["```", ""]
 
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
