@@ -28,7 +28,6 @@ from .napo import NapoMarginState, share_in_batch_negatives
 from .packing import (
     DataCollatorForMultiNegativePreference,
     answer_logps,
-    ensure_fused_lm_head,
     pack_answers,
     unpack_token_tensors,
 )
@@ -192,10 +191,6 @@ class DynamicPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        # Answer log-probs are computed at answer positions only (see `packing.ensure_fused_lm_head`).
-        ensure_fused_lm_head(self.accelerator.unwrap_model(self.model))
-        if self.ref_model is not None:
-            ensure_fused_lm_head(self.accelerator.unwrap_model(self.ref_model))
         if isinstance(self.data_collator, DataCollatorForMultiNegativePreference):
             self.add_callback(_NegativeResamplingCallback(self.data_collator))
 
