@@ -134,9 +134,23 @@ _METRIC_NAMES = {
     "valid_ratio": "ValidRatio",
     "validratio": "ValidRatio",
     "coverage": "Coverage",
+    # Popularity metrics of `trl_dynamicpo.evaluation`.
+    "arp": "ARP",
+    "head_share": "Head share",
+    "tail_share": "Tail share",
+    "tail_hr": "Tail HR",
 }
 # Numbers a trainer reports next to the metrics that are not model quality metrics.
-_NOT_METRICS = {"epoch", "step", "runtime", "samples_per_second", "steps_per_second", "num_samples", "num_prompts"}
+_NOT_METRICS = {
+    "epoch",
+    "step",
+    "runtime",
+    "runtime_s",
+    "samples_per_second",
+    "steps_per_second",
+    "num_samples",
+    "num_prompts",
+}
 
 
 class HubPushError(RuntimeError):
