@@ -9,11 +9,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+from trl_dynamicpo import DynamicPOTrainer
 from trl_dynamicpo.napo import NapoMarginState, share_in_batch_negatives
 from trl_dynamicpo.packing import answer_logps, pack_answers
 
-from .testing_utils import make_tiny_model, make_tokenizer
+from .testing_utils import make_tiny_model, make_tokenizer, tiny_config
 
 
 # Row 1's chosen answer ("up") is a negative of row 0, and row 0's chosen ("jaws") a negative of row 1.
@@ -51,21 +51,8 @@ def tokenizer():
 
 
 def config(tmp_path, **kwargs):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        loss_type=["napo"],
-        in_batch_negatives=True,
-        in_batch_fraction=1.0,
-        seed=0,
-    )
-    values.update(kwargs)
-    return DynamicPOConfig(**values)
+    napo = {"max_steps": 2, "loss_type": ["napo"], "in_batch_negatives": True, "in_batch_fraction": 1.0}
+    return tiny_config(tmp_path, **{**napo, **kwargs})
 
 
 def test_share_excludes_own_answers_and_duplicates():

@@ -12,7 +12,7 @@ from trl import DPOConfig, DPOTrainer
 from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 from trl_dynamicpo.packing import answer_logps
 
-from .testing_utils import make_tiny_model, make_tokenizer
+from .testing_utils import make_tiny_model, make_tokenizer, tiny_config
 
 
 ROWS = [
@@ -40,19 +40,7 @@ ROWS = [
 
 
 def config(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=3,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        learning_rate=1e-2,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return DynamicPOConfig(**defaults)
+    return tiny_config(tmp_path, **{"max_steps": 3, "learning_rate": 1e-2, **kwargs})
 
 
 @pytest.fixture(scope="module")

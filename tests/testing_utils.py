@@ -91,3 +91,20 @@ def smollm2_gguf():
     folder = os.path.dirname(spec.origin)
     name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     return (folder, name) if os.path.exists(os.path.join(folder, name)) else None
+
+
+def tiny_config(tmp_path, **overrides):
+    """A `DynamicPOConfig` for fast CPU tests: batch 4, logging every step, no checkpoints, fp32, seed 0."""
+    from trl_dynamicpo import DynamicPOConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    values.update(overrides)
+    return DynamicPOConfig(**values)
