@@ -109,3 +109,10 @@ def test_load_dataset_folder_does_not_mix_same_named_folders(tmp_path):
     assert isinstance(first, DatasetDict) and set(first) == {"train", "test"}
     assert first["train"]["chosen"] == ["jaws-train"] and second["test"]["chosen"] == ["fargo-test"]
     assert load_dataset_folder(tmp_path / "a" / "source", "items") is None
+
+
+def test_load_dataset_folder_reads_save_to_disk_folders(tmp_path):
+    DatasetDict({"train": Dataset.from_dict({"chosen": ["jaws"]})}).save_to_disk(tmp_path / "run")
+    Dataset.from_dict({"title": ["jaws", "up"]}).save_to_disk(tmp_path / "run" / "items")
+    assert load_dataset_folder(tmp_path / "run")["train"]["chosen"] == ["jaws"]
+    assert load_dataset_folder(tmp_path / "run", "items")["train"]["title"] == ["jaws", "up"]

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from trl.data_utils import common_prefix_length
+
 
 logger = logging.getLogger(__name__)
 
@@ -119,14 +121,6 @@ def _join(prompt: str, answer: str, separator: str) -> str:
     return prompt + answer
 
 
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def tokenize_prompt_answers(
     tokenizer,
     prompt: str | list[dict],
@@ -179,7 +173,7 @@ def tokenize_prompt_answers(
         return prompt_ids, answer_ids
     # Slow path: the boundary tokenizes differently in context; take the shared prefix as the prompt.
     joint_ids = [tokenizer(text=prompt + text)["input_ids"] + tail for text, tail in zip(texts, eos)]
-    prompt_len = min(_common_prefix_length(prompt_ids, ids) for ids in joint_ids)
+    prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in joint_ids)
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in joint_ids]
 
 
@@ -192,7 +186,7 @@ def _tokenize_conversational(tokenizer, prompt: list[dict], answers) -> tuple[li
     joint_ids = [render(prompt + answer) for answer in answers]
     # Some templates render the generation prompt differently from a full conversation; the completion starts where
     # they diverge (TRL's rule).
-    prompt_len = min([len(prompt_ids)] + [_common_prefix_length(prompt_ids, ids) for ids in joint_ids])
+    prompt_len = min([len(prompt_ids)] + [common_prefix_length(prompt_ids, ids) for ids in joint_ids])
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in joint_ids]
 
 
@@ -268,7 +262,11 @@ def load_dataset_folder(folder, config: str | None = None):
         return load_from_disk(str(root))
     if config and (root / config / "dataset_dict.json").is_file():
         return load_from_disk(str(root / config))
-    configs = DatasetCard.load(root / "README.md").data.get("configs") or [] if (root / "README.md").is_file() else []
+    if config and (root / config / "dataset_info.json").is_file():  # one `Dataset.save_to_disk` split, e.g. items
+        return DatasetDict({"train": load_from_disk(str(root / config))})
+    configs = []
+    if (root / "README.md").is_file():
+        configs = DatasetCard.load(root / "README.md").data.get("configs") or []
     entry = next((c for c in configs if c.get("config_name", "default") == name), None)
     if entry is None and name == "default":
         files = sorted(root.glob("data/*.parquet"))
