@@ -684,7 +684,7 @@ def test_nonboundary_grad_share_matches_autograd(loss_type, boundary_selection, 
 # resolve_loss_type
 # ----------------------------------------------------------------------------------------------------------------------
 def test_resolve_loss_type_defaults():
-    assert LOSS_TYPES == ("dpo", "sdpo", "dmpo", "dynamicpo", "napo")
+    assert LOSS_TYPES == ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "sft")
     assert LOSS_ALIASES == {"sigmoid": "dpo"}
     assert resolve_loss_type("dynamicpo") == ("dynamicpo", True, True)
     assert resolve_loss_type("dynamicpo", True, None) == ("dynamicpo", True, True)
@@ -719,3 +719,22 @@ def test_docstring_examples():
     result = doctest.testmod(losses_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 20
     assert result.failed == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sft
+# ----------------------------------------------------------------------------------------------------------------------
+def test_sft_loss_is_the_token_mean_nll():
+    from trl_dynamicpo.losses import sft_loss
+
+    logps = torch.tensor([-3.0, -1.0, -8.0], requires_grad=True)
+    counts = torch.tensor([3, 1, 4])
+    losses = sft_loss(logps, counts)
+    # (3 + 1 + 8) / (3 + 1 + 4) = 1.5, spread over the rows so that the mean is the token mean.
+    torch.testing.assert_close(losses.mean(), torch.tensor(1.5))
+    losses.mean().backward()
+    torch.testing.assert_close(logps.grad, torch.full((3,), -1 / 8))
+    with pytest.raises(ValueError, match="same shape"):
+        sft_loss(logps, counts[:2])
+    with pytest.raises(ValueError, match="sft_loss"):
+        compute_multi_negative_loss("sft", logps, logps[:, None], logps, logps[:, None], None, 1.0)

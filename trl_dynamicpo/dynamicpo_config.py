@@ -27,7 +27,8 @@ class DynamicPOConfig(DPOConfig):
     Parameters:
         loss_type (`list[str]`, *optional*, defaults to `["dynamicpo"]`):
             Loss(es) among `"dpo"` (alias `"sigmoid"`), `"sdpo"`, `"dmpo"`, `"dynamicpo"` (DMPO with both DynamicPO
-            plug-ins) and `"napo"`; several are combined with `loss_weights`.
+            plug-ins), `"napo"` and `"sft"` (the chosen answer's NLL, as in TRL); several are combined with
+            `loss_weights`. `["sft"]` alone is supervised fine-tuning through the same forward pass (and trunk cache).
         num_negatives (`int`, *optional*):
             Negatives used per row and step. Rows with more are subsampled (seeded, re-drawn each epoch); rows with
             fewer are masked. `None` uses all.
@@ -67,6 +68,10 @@ class DynamicPOConfig(DPOConfig):
             Decay of the running mean M (synced across processes, saved in checkpoints).
         napo_use_reference (`bool`, *optional*, defaults to `False`):
             NAPO on log-ratios instead of policy log-probs.
+        trunk_cache (`str`, *optional*):
+            Folder of a [`~trl_dynamicpo.trunk_cache.TrunkCache`] built from `train_dataset` (same rows, same order):
+            the frozen layers below the adapter are not run again; only the adapted top layers run per step. Needs
+            the packed layout and an adapter on the cache's `trainable_layers` only.
     """
 
     _VALID_DICT_FIELDS = DPOConfig._VALID_DICT_FIELDS
@@ -82,8 +87,8 @@ class DynamicPOConfig(DPOConfig):
     loss_type: list[str] = field(
         default_factory=lambda: ["dynamicpo"],
         metadata={
-            "help": "Loss(es) among 'dpo' (alias 'sigmoid'), 'sdpo', 'dmpo', 'dynamicpo' and 'napo'. Several are "
-            "combined with `loss_weights`."
+            "help": "Loss(es) among 'dpo' (alias 'sigmoid'), 'sdpo', 'dmpo', 'dynamicpo', 'napo' and 'sft' (the "
+            "chosen answer's NLL per token, as TRL's). Several are combined with `loss_weights`."
         },
     )
     num_negatives: int | None = field(
@@ -184,6 +189,15 @@ class DynamicPOConfig(DPOConfig):
         },
     )
 
+    trunk_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of a TrunkCache built from train_dataset (same rows and order): the frozen layers below "
+            "the adapter are not run again, only the adapted top layers. Needs layout='packed' and an adapter on the "
+            "cache's trainable layers only."
+        },
+    )
+
     def __post_init__(self):
         if not (torch.cuda.is_available() or _has_other_accelerator()):
             if self.bf16 is None and not self.fp16:
@@ -203,8 +217,20 @@ class DynamicPOConfig(DPOConfig):
             resolve_loss_type(name, self.dynamic_boundary_selection, self.dynamic_beta)
         if self.layout not in LAYOUTS:
             raise ValueError(f"Unknown layout {self.layout!r}; expected one of {list(LAYOUTS)}.")
-        if self.num_negatives is not None and self.num_negatives < 1:
-            raise ValueError(f"`num_negatives` must be at least 1, got {self.num_negatives}.")
+        sft_only = set(self.loss_type) == {"sft"}
+        if self.num_negatives is not None and self.num_negatives < (0 if sft_only else 1):
+            raise ValueError(
+                f"`num_negatives` must be at least 1, got {self.num_negatives} (0 is allowed with loss_type=['sft'], "
+                "which reads no negatives)."
+            )
+        if self.trunk_cache is not None:
+            if self.layout != "packed":
+                raise ValueError("`trunk_cache` needs layout='packed': the cache holds packed rows.")
+            if self.in_batch_negatives:
+                raise ValueError(
+                    "`trunk_cache` cannot be combined with `in_batch_negatives`: answers shared from other rows are "
+                    "not in this row's cached states."
+                )
         if self.boundary_clusters < 1:
             raise ValueError(f"`boundary_clusters` must be at least 1, got {self.boundary_clusters}.")
         if not 0.0 <= self.beta_scale < 1.0:

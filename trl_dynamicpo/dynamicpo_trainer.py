@@ -23,7 +23,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 from .data import check_columns, numbered_rejected_columns, tokenize_rows
 from .dynamicpo_config import DynamicPOConfig
 from .hub import CITATIONS
-from .losses import compute_multi_negative_loss, napo_margin, resolve_loss_type
+from .losses import compute_multi_negative_loss, napo_margin, resolve_loss_type, sft_loss
 from .napo import NapoMarginState, share_in_batch_negatives
 from .packing import (
     DataCollatorForMultiNegativePreference,
@@ -31,6 +31,7 @@ from .packing import (
     pack_answers,
     unpack_token_tensors,
 )
+from .trunk_cache import TrunkCache, check_trainable_parameters
 
 
 logger = get_logger(__name__)
@@ -45,6 +46,8 @@ _SIGNATURE_COLUMNS = [
     "ref_rejected_logps",
     "rejected_scores",
     "embedding",
+    "trunk_row",
+    "trunk_answers",
 ]
 NAPO_STATE_FILE = "napo_state.json"
 # Optional input columns carried through tokenization unchanged.
@@ -152,6 +155,16 @@ class DynamicPOTrainer(DPOTrainer):
             )
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        self.trunk_cache = None
+        if args.trunk_cache is not None:
+            self.trunk_cache = TrunkCache(args.trunk_cache)
+            if eval_dataset is not None:
+                raise ValueError(
+                    "`trunk_cache` covers `train_dataset` only; evaluate with `evaluate_recommender(..., "
+                    "trunk_cache=...)` on a cache of the evaluation rows, or pass `eval_dataset=None`."
+                )
+            if not isinstance(model, str):
+                self.trunk_cache.check_model(model)  # before any dataset or reference work is done
         if data_collator is None:
             data_collator = DataCollatorForMultiNegativePreference(
                 pad_token_id=processing_class.pad_token_id,
@@ -161,6 +174,7 @@ class DynamicPOTrainer(DPOTrainer):
                 pad_to_multiple_of=args.pad_to_multiple_of if isinstance(args.pad_to_multiple_of, int) else None,
                 # In-batch sharing needs the token ids across processes before packing (done in `_compute_loss`).
                 defer_packing=args.in_batch_negatives,
+                trunk_cache=self.trunk_cache,
             )
         self._napo_state = NapoMarginState(decay=args.napo_ema_decay)
         if (
@@ -193,6 +207,10 @@ class DynamicPOTrainer(DPOTrainer):
         )
         if isinstance(self.data_collator, DataCollatorForMultiNegativePreference):
             self.add_callback(_NegativeResamplingCallback(self.data_collator))
+        if self.trunk_cache is not None:
+            check_trainable_parameters(self.model, self.trunk_cache.first_layer)
+            if isinstance(model, str):
+                self.trunk_cache.check_model(self.model)
 
     # ------------------------------------------------------------------ data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -219,6 +237,9 @@ class DynamicPOTrainer(DPOTrainer):
                 },
                 **map_kwargs,
             )
+        if getattr(self, "trunk_cache", None) is not None and dataset_name == "train":
+            desc = {"desc": "Locating rows in the trunk cache"} if isinstance(dataset, Dataset) else {}
+            dataset = dataset.map(_locate_in_trunk_cache, fn_kwargs={"cache": self.trunk_cache}, **desc)
         return dataset
 
     def _set_signature_columns_if_needed(self):
@@ -243,6 +264,9 @@ class DynamicPOTrainer(DPOTrainer):
             return answer_logps(model, inputs)
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        if set(dataset.column_names or ()) >= {"ref_chosen_logps", "ref_rejected_logps"}:
+            # Given with the rows (as TRL's collator accepts them), e.g. shared by several runs from one reference.
+            return dataset
         if isinstance(dataset, IterableDataset):
             raise ValueError(
                 "`precompute_ref_log_probs=True` needs a map-style Dataset; got an IterableDataset. Set "
@@ -295,6 +319,11 @@ class DynamicPOTrainer(DPOTrainer):
         loss = 0.0
         first_output = None
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            if loss_type == "sft":
+                nll = sft_loss(chosen_logps, token_counts[:, 0]).mean()
+                self._metrics[mode]["sft/nll"].append(self.accelerator.gather(nll.detach().reshape(1)).mean().item())
+                loss = loss + nll * weight
+                continue
             _, selection, dynamic_beta = self._loss_flags[loss_type]
             output = compute_multi_negative_loss(
                 loss_type,
@@ -323,15 +352,21 @@ class DynamicPOTrainer(DPOTrainer):
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if ref_logps is None:  # reference-free: rewards are the policy log-probs themselves
             ref_chosen, ref_rejected = torch.zeros_like(chosen_logps), torch.zeros_like(rejected_logps)
-        self._log_batch_metrics(
-            mode, chosen_logps, rejected_logps, ref_chosen, ref_rejected, negative_mask, first_output
-        )
+        if first_output is not None:
+            self._log_batch_metrics(
+                mode, chosen_logps, rejected_logps, ref_chosen, ref_rejected, negative_mask, first_output
+            )
+        else:  # SFT alone: no negatives, no rewards
+            mean_chosen = self.accelerator.gather(chosen_logps.detach().mean().reshape(1)).mean().item()
+            self._metrics[mode]["logps/chosen"].append(mean_chosen)
         if return_outputs:
             return loss, {"logps": logps.detach()}
         return loss
 
     def _needs_reference(self, inputs) -> bool:
         for loss_type in self.loss_types:
+            if loss_type == "sft":
+                continue
             if loss_type != "napo" or self.args.napo_use_reference:
                 return True
         # NAPO's confidence score falls back to the reference's probability of each negative.
@@ -535,6 +570,14 @@ class DynamicPOTrainer(DPOTrainer):
                 beta_margin=args.beta_margin,
             )
         return params
+
+
+def _locate_in_trunk_cache(row: dict[str, Any], cache: TrunkCache) -> dict[str, Any]:
+    """`Dataset.map` function: the cached row and answer indices of a tokenized row (checks that they match)."""
+    index = int(row["row_index"])
+    answers = [row["chosen_ids"], *row["rejected_ids"]]
+    fields = ["chosen", *(f"rejected[{k}]" for k in range(len(row["rejected_ids"])))]
+    return {"trunk_row": index, "trunk_answers": cache.locate(index, row["prompt_ids"], answers, fields)}
 
 
 def _progress(iterable, desc):

@@ -337,6 +337,34 @@ def target_indices(candidates: Sequence[Sequence[str]], targets: Sequence[str]) 
     return np.asarray(indices, dtype=np.int64)
 
 
+def target_ranks(scores: Any, target_index: Sequence[int] | np.ndarray) -> np.ndarray:
+    """1-based rank of each prompt's target among its candidates (ties broken by prompt order), `[N]` int64.
+
+    The per-prompt quantity behind HR@k (`rank <= k`), NDCG@k and MRR, e.g. for paired bootstrap statistics.
+
+    Example:
+
+    ```python
+    >>> target_ranks([[0.1, 0.9, 0.5], [0.3, 0.3, 0.1]], [2, 1]).tolist()
+    [2, 2]
+    ```
+    """
+    scores = _pad_scores(scores)
+    target_index = np.asarray(target_index, dtype=np.int64)
+    n, width = scores.shape
+    if n == 0 or target_index.shape != (n,):
+        raise ValueError(f"Need one target index per score row, got {target_index.shape} for {n} rows.")
+    if (target_index < 0).any() or (target_index >= width).any():
+        raise ValueError("Every target index must point at one of its row's candidates.")
+    target_score = scores[np.arange(n), target_index]
+    if np.isnan(target_score).any():
+        raise ValueError("A target has a NaN score (padding?).")
+    column = np.arange(width)[None, :]
+    higher = scores > target_score[:, None]  # NaN compares False: padding never outranks
+    tied_before = (scores == target_score[:, None]) & (column < target_index[:, None])
+    return 1 + higher.sum(axis=1) + tied_before.sum(axis=1)
+
+
 def ranking_metrics(
     scores: Any,
     target_index: Sequence[int] | np.ndarray,
@@ -373,18 +401,8 @@ def ranking_metrics(
     """
     scores = _pad_scores(scores)
     target_index = np.asarray(target_index, dtype=np.int64)
-    n, width = scores.shape
-    if n == 0 or target_index.shape != (n,):
-        raise ValueError(f"Need one target index per score row, got {target_index.shape} for {n} rows.")
-    if (target_index < 0).any() or (target_index >= width).any():
-        raise ValueError("Every target index must point at one of its row's candidates.")
-    target_score = scores[np.arange(n), target_index]
-    if np.isnan(target_score).any():
-        raise ValueError("A target has a NaN score (padding?).")
-    column = np.arange(width)[None, :]
-    higher = scores > target_score[:, None]  # NaN compares False: padding never outranks
-    tied_before = (scores == target_score[:, None]) & (column < target_index[:, None])
-    ranks = 1 + higher.sum(axis=1) + tied_before.sum(axis=1)
+    ranks = target_ranks(scores, target_index)
+    n = len(ranks)
 
     results: dict[str, Any] = {}
     for k in ks:
@@ -552,19 +570,30 @@ def baseline_metrics(
     """
     _, candidates, targets = _rows(dataset, need_prompt=False)
     target_index = target_indices(candidates, targets)
-    width = max(len(c) for c in candidates)
-    padding = np.array([[j >= len(c) for j in range(width)] for c in candidates])
     lookup = _as_lookup(item_table)
     results: dict[str, Any] = {}
+    for name, scores in baseline_scores(candidates, lookup, seed=seed).items():
+        metrics = ranking_metrics(scores, target_index, lookup, candidates if lookup is not None else None, ks=ks)
+        results.update(_prefixed(f"baseline_{name}", metrics))
+    return results
+
+
+def baseline_scores(candidates: Sequence[Sequence[str]], item_table: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Candidate scores `[N, A]` of the baselines of [`baseline_metrics`]: `"popularity"` (with an item table: each
+    candidate's `train_count`, 0 when unknown) and `"random"` (seeded uniform noise); NaN marks padding.
+
+    Per-prompt scores let the baselines enter paired statistics next to trained models ([`target_ranks`]).
+    """
+    width = max(len(c) for c in candidates)
+    padding = np.array([[j >= len(c) for j in range(width)] for c in candidates])
+    lookup = item_table if isinstance(item_table, _ItemLookup) else _as_lookup(item_table)
+    out: dict[str, Any] = {}
     if lookup is not None:
-        counts = _pad_scores([np.nan_to_num(lookup.counts(c), nan=0.0) for c in candidates])
-        popular = ranking_metrics(counts, target_index, lookup, candidates, ks=ks)
-        results.update(_prefixed("baseline_popularity", popular))
+        out["popularity"] = _pad_scores([np.nan_to_num(lookup.counts(c), nan=0.0) for c in candidates])
     noise = np.random.default_rng(seed).random((len(candidates), width))
     noise[padding] = np.nan
-    random_ = ranking_metrics(noise, target_index, lookup, candidates if lookup is not None else None, ks=ks)
-    results.update(_prefixed("baseline_random", random_))
-    return results
+    out["random"] = noise
+    return out
 
 
 def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -738,6 +767,7 @@ def score_candidates(
     separator: str = " ",
     add_eos: bool = True,
     show_progress: bool = True,
+    trunk_cache=None,
 ) -> np.ndarray:
     """Log-probability of every candidate title after its prompt, one packed forward per batch of prompts.
 
@@ -756,6 +786,9 @@ def score_candidates(
         separator (`str`, defaults to `" "`): Text between prompt and answer.
         add_eos (`bool`, defaults to `True`): Score the EOS token after the title.
         show_progress (`bool`, defaults to `True`): Show a tqdm bar.
+        trunk_cache ([`~trl_dynamicpo.trunk_cache.TrunkCache`], *optional*): Cached trunk states of these rows (row
+            `i` of the cache = prompt `i`, built with the same tokenization): only the layers above the trunk run.
+            Every prompt and candidate is checked against the cache first.
 
     Returns:
         `np.ndarray`: float64 [N, A_max] scores in candidate order; NaN where a prompt has fewer candidates.
@@ -784,11 +817,25 @@ def score_candidates(
     width = max((len(c) for c in candidates), default=0)
     scores = np.full((len(prompts), width), np.nan)
     device = _model_device(model)
+    cached = None
+    if trunk_cache is not None:
+        trunk_cache.check_model(model)
+        cached = [
+            trunk_cache.locate(
+                i, prompt_ids[i], answer_ids[i], [f"candidates[{k}]" for k in range(len(answer_ids[i]))]
+            )
+            for i in range(len(prompts))
+        ]
     cost = [len(p) + sum(len(a) for a in answers) for p, answers in zip(prompt_ids, answer_ids)]
     batches = _batches(sorted(range(len(prompts)), key=lambda i: -cost[i]), batch_size)
     with _inference(model, tokenizer):
         for batch in _progress(batches, len(batches), "ranking", show_progress):
-            packed = pack_answers([prompt_ids[i] for i in batch], [answer_ids[i] for i in batch], pad_token_id=pad_id)
+            if cached is not None:
+                packed = trunk_cache.batch(batch, [cached[i] for i in batch], pad_token_id=pad_id)
+            else:
+                packed = pack_answers(
+                    [prompt_ids[i] for i in batch], [answer_ids[i] for i in batch], pad_token_id=pad_id
+                )
             packed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
             logps = answer_logps(model, packed).double().cpu().numpy()
             for row, i in enumerate(batch):
@@ -846,6 +893,8 @@ def evaluate_recommender(
     baselines: bool = True,
     seed: int = 0,
     show_progress: bool = True,
+    trunk_cache=None,
+    return_scores: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a recommender LM with the generation and/or ranking protocol, plus baselines.
 
@@ -858,6 +907,10 @@ def evaluate_recommender(
         dataset: Rows with `prompt`, `candidates` and `target` (or `chosen`): `datasets.Dataset` or list of dicts.
         item_table (*optional*): Item table (`title`, `train_count`, `popularity_group`) for the popularity metrics
             and the popularity baseline.
+        trunk_cache ([`~trl_dynamicpo.trunk_cache.TrunkCache`], *optional*): Cached trunk states of the evaluated
+            rows, for the ranking protocol (see [`score_candidates`]).
+        return_scores (`bool`, defaults to `False`): Also return the per-prompt results, for paired statistics:
+            `ranking/scores` (`[N, A]` candidate scores), `ranking/target_index`, `generation/outputs`.
 
     Returns:
         `dict`: Flat results: `generation/hr@1`, `generation/valid_ratio`, `generation/hr@1_valid`,
@@ -910,6 +963,8 @@ def evaluate_recommender(
         runtime = time.perf_counter() - start
         metrics = generation_metrics(outputs, candidates, targets, config.match, lookup, strict=config.strict_match)
         results.update(_prefixed("generation", {**metrics, "runtime_s": runtime}))
+        if return_scores:
+            results["generation/outputs"] = outputs
     if "ranking" in config.protocols:
         start = time.perf_counter()
         scores = score_candidates(
@@ -923,10 +978,15 @@ def evaluate_recommender(
             separator=config.separator,
             add_eos=config.add_eos,
             show_progress=config.show_progress,
+            trunk_cache=trunk_cache,
         )
         runtime = time.perf_counter() - start
-        metrics = ranking_metrics(scores, target_indices(candidates, targets), lookup, candidates)
+        target_index = target_indices(candidates, targets)
+        metrics = ranking_metrics(scores, target_index, lookup, candidates)
         results.update(_prefixed("ranking", {**metrics, "runtime_s": runtime}))
+        if return_scores:
+            results["ranking/scores"] = scores
+            results["ranking/target_index"] = target_index
     if config.baselines:
         rows = [{"candidates": c, "target": t} for c, t in zip(candidates, targets)]
         results.update(baseline_metrics(rows, lookup, seed=config.seed))

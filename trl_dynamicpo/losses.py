@@ -30,6 +30,9 @@ that enter the loss (all valid ones, or the DynamicPO boundary set).
 - NAPO (Ding et al., arXiv:2508.09653), reference-free: ``A = −log Σ_{j∈S} exp(β_j (x_j − x_w))``,
   ``L = −log σ(A − γ)`` with ``x = s`` (or ``x = r``), and an adaptive margin ``γ = γ0 (1 − α (M_b − M))`` where
   ``M_b`` is the batch mean of a teacher's scores of the negatives and ``M`` its running mean.
+- SFT (TRL's `loss_type="sft"` of `DPOTrainer`): the chosen answer's negative log-likelihood per token,
+  ``L = −Σ_b s_w,b / Σ_b n_b`` (``n`` = answer tokens), alone (supervised fine-tuning with the same forward pass and
+  trunk cache) or added to a preference loss with `loss_weights` (as RPO does).
 - DynamicPO (Hu et al., DASFAA 2026, arXiv:2605.00327) = DMPO over the *boundary set*
   ``B = {j : s_j ≥ s_w}`` (negatives the policy already ranks at or above the target); when ``B`` is empty, ``B`` is
   the highest-mean cluster of a 3-means clustering of the row's ``s_j``. The remaining negatives form the
@@ -52,7 +55,9 @@ import torch
 import torch.nn.functional as F
 
 
-LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo")
+LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "sft")
+# Losses computed from the negatives (all but "sft", the chosen answer's negative log-likelihood).
+MULTI_NEGATIVE_LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo")
 LOSS_ALIASES = {"sigmoid": "dpo"}
 
 # Loss types on which DynamicPO's boundary selection and dynamic beta are defined. "dpo" treats each negative as an
@@ -64,6 +69,8 @@ _FLAG_LOSS_TYPES = ("sdpo", "dmpo", "napo")
 _KMEANS_CLAMP = 1e12
 
 __all__ = [
+    "MULTI_NEGATIVE_LOSS_TYPES",
+    "sft_loss",
     "LOSS_ALIASES",
     "LOSS_TYPES",
     "MultiNegativeLossOutput",
@@ -139,6 +146,37 @@ def _pairwise_margins(chosen, rejected, mask, beta) -> tuple[torch.Tensor, torch
 # ----------------------------------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------------------------------
+def sft_loss(chosen_logps: torch.Tensor, chosen_token_counts: torch.Tensor) -> torch.Tensor:
+    r"""Negative log-likelihood of the chosen answers, averaged over their tokens (TRL's `"sft"` loss of DPO).
+
+    ``L = −Σ_b s_w,b / Σ_b n_b`` is returned as a per-row tensor ``ℓ_b = −B s_w,b / Σ n`` whose mean is ``L``, so that
+    it combines with the per-row preference losses like any other loss type.
+
+    Args:
+        chosen_logps (`torch.Tensor` of shape `[B]`):
+            Summed log-probs of the chosen answers.
+        chosen_token_counts (`torch.Tensor` of shape `[B]`):
+            Number of scored tokens of each chosen answer (EOS included).
+
+    Returns:
+        `torch.Tensor` of shape `[B]`.
+
+    Example:
+
+    >>> import torch
+    >>> from trl_dynamicpo.losses import sft_loss
+    >>> sft_loss(torch.tensor([-2.0, -6.0]), torch.tensor([1, 3])).mean()  # (2 + 6) / (1 + 3)
+    tensor(2.)
+    """
+    if chosen_logps.dim() != 1 or chosen_token_counts.shape != chosen_logps.shape:
+        raise ValueError(
+            f"chosen_logps and chosen_token_counts must be [B] tensors of the same shape, got "
+            f"{tuple(chosen_logps.shape)} and {tuple(chosen_token_counts.shape)}."
+        )
+    total = chosen_token_counts.sum().clamp(min=1).to(chosen_logps.dtype)
+    return -chosen_logps * chosen_logps.size(0) / total
+
+
 def dpo_loss(
     chosen_logratios: torch.Tensor,
     rejected_logratios: torch.Tensor,
@@ -800,6 +838,8 @@ def compute_multi_negative_loss(
     >>> out.losses.sum().backward()
     """
     loss_type, boundary_selection, dynamic_beta = resolve_loss_type(loss_type, boundary_selection, dynamic_beta)
+    if loss_type not in MULTI_NEGATIVE_LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r} does not use negatives; compute it with `sft_loss`.")
     form = _loss_form(loss_type)
     mask = _check_shapes(policy_chosen_logps, policy_rejected_logps, mask)
 

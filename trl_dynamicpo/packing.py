@@ -178,19 +178,31 @@ def _install_answer_head(target) -> None:
     from trl.kernels import ChunkedLogProbFunction
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+    from .trunk_cache import run_top_layers
+
     previous = target.forward
     text_config = target.config.get_text_config()
     softcap = getattr(text_config, "final_logit_softcapping", None)
     scale = getattr(text_config, "logit_scale", None) or 1.0
 
     @functools.wraps(type(target).forward)
-    def forward(self, *args, answer_lm_head=False, labels=None, **kwargs):
+    def forward(self, *args, answer_lm_head=False, labels=None, trunk_first_layer=None, **kwargs):
         if not answer_lm_head:
             if labels is not None:
                 kwargs["labels"] = labels
             return previous(*args, **kwargs)
         kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        if trunk_first_layer is not None:
+            # Cached trunk states (`trl_dynamicpo.trunk_cache`): only the layers above the trunk run.
+            hidden = run_top_layers(
+                self,
+                kwargs["inputs_embeds"],
+                kwargs["attention_mask"],
+                kwargs["position_ids"],
+                int(trunk_first_layer),
+            )[:, :-1]
+        else:
+            hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         targets = labels[:, 1:].to(hidden.device)
         mask = targets != -100
         head = self.get_output_embeddings()
@@ -257,8 +269,12 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
             )
         segment_ids = batch["segment_ids"]
         mask = packed_attention_mask(segment_ids, _model_dtype(model))
+        if "inputs_embeds" in batch:  # a batch of `TrunkCache.batch`: trunk states instead of token ids
+            inputs = {"inputs_embeds": batch["inputs_embeds"], "trunk_first_layer": batch["trunk_first_layer"]}
+        else:
+            inputs = {"input_ids": batch["input_ids"]}
         outputs = model(
-            input_ids=batch["input_ids"],
+            **inputs,
             attention_mask=mask,
             position_ids=batch["position_ids"],
             labels=labels,
@@ -346,6 +362,9 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
         defer_packing (`bool`, *optional*, defaults to `False`):
             Return the token ids (`prompt_tokens` `[B, P]`, `answer_tokens` `[B, A, T]`, padded with -1) instead of a
             packed batch, for the trainer to add in-batch negatives across processes before packing.
+        trunk_cache ([`~trl_dynamicpo.trunk_cache.TrunkCache`], *optional*):
+            Build batches from cached trunk states ([`TrunkCache.batch`]); rows then carry `trunk_row` and
+            `trunk_answers` (cached answer index of the chosen answer, then of each negative).
 
     Returns a batch from [`pack_answers`] plus `negative_mask` (`[B, K]`), `row_index`, and when present in the rows
     `ref_logps` (`[B, 1 + K]`, from precomputed `ref_chosen_logps`/`ref_rejected_logps`), `rejected_scores` (`[B, K]`)
@@ -367,6 +386,7 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
     seed: int = 42
     pad_to_multiple_of: int | None = None
     defer_packing: bool = False
+    trunk_cache: Any = None
     return_tensors: str = "pt"
     epoch: int = field(default=0, repr=False)
 
@@ -384,7 +404,15 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
             chosen_pool.append(index)
         answers = [[ex["chosen_ids"], *_select(ex["rejected_ids"], index)] for ex, index in zip(examples, chosen_pool)]
         prompts = [ex["prompt_ids"] for ex in examples]
-        if self.defer_packing:
+        if self.trunk_cache is not None:
+            selected = [
+                [ex["trunk_answers"][0], *(ex["trunk_answers"][1 + i] for i in index)]
+                for ex, index in zip(examples, chosen_pool)
+            ]
+            batch = self.trunk_cache.batch(
+                [int(ex["trunk_row"]) for ex in examples], selected, self.pad_token_id, self.pad_to_multiple_of
+            )
+        elif self.defer_packing:
             batch = _token_tensors(prompts, answers)
         else:
             batch = pack_answers(
