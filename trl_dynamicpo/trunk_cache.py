@@ -567,7 +567,8 @@ class TrunkCache:
     def verify(self, model, row: int = 0, autocast_dtype: str | None = None, atol: float | None = None) -> float:
         """Compare the cached forward of `row` with the full forward; raise if they differ. Returns max |Δ logp|.
 
-        The default tolerance is 1e-3 nats in fp32 and 0.05 under autocast: a wrong layer index or an architecture
+        The default tolerance is 1e-3 nats in fp32 and 0.5 under autocast, where bf16 GEMMs round differently for
+        different batch shapes (the full forward here is one unpadded row): a wrong layer index or an architecture
         that transforms its inputs outside the decoder layers shows up as differences of whole nats.
         """
         from .packing import answer_logps, pack_answers
@@ -590,7 +591,7 @@ class TrunkCache:
         finally:
             model.train(was_training)
         diff = float((a - b).abs().max())
-        tolerance = atol if atol is not None else (1e-3 if autocast_dtype in (None, "float32") else 5e-2)
+        tolerance = atol if atol is not None else (1e-3 if autocast_dtype in (None, "float32") else 0.5)
         if not diff <= tolerance:
             raise TrunkCacheMismatchError(
                 f"The cached forward of row {row} differs from the full forward by {diff:.3g} nats (tolerance "

@@ -1,0 +1,559 @@
+"""Does it learn? SFT, DPO, S-DPO, DMPO and DynamicPO side by side on real data, against popularity and random.
+
+    python benchmarks/quality.py --config benchmarks/quality_ml100k_cpu.yaml
+    python benchmarks/quality.py --config benchmarks/quality_ml100k_cpu.yaml --eval_split validation  # tuning
+    python benchmarks/quality.py --config benchmarks/quality_ml100k_cpu.yaml --report_only               # tables
+
+The study, built on the library API only (`dataset_builders.run_build`, `TrunkCache`, `DynamicPOTrainer`,
+`score_candidates` / `generate_answers`, `baseline_scores`, `trl_dynamicpo.statistics`):
+
+1. builds the dataset with the builder's defaults (10 history items, 20 candidates) and picks the training rows and
+   a fixed, seeded set of evaluation prompts;
+2. runs the frozen trunk (every layer below the adapter) once over every row, prompt and all 20 candidates
+   (`TrunkCache`): SFT, every K-subset of negatives, the reference log-probs and every ranking evaluation reuse it;
+3. trains SFT once, then every preference cell of `grid` (`loss@K`) from that same SFT adapter, with the same rows,
+   steps, learning rate and seed; the SFT adapter is the reference (its log-probs are computed once for all cells);
+4. evaluates every model with the ranking protocol on the same prompts, and SFT and the K = 15 models with the
+   papers' generation protocol (HR@1, ValidRatio) on the first `num_generation_prompts` of them;
+5. writes `results.json`, `hr_vs_k.png` and `training_curves.png` to `output_dir` (see `quality_report.py`).
+
+Every step is cached under `work_dir` by a fingerprint of the settings it depends on: an interrupted study reruns
+only the missing cells, and a changed setting invalidates only the cells that depend on it (a changed evaluation
+setting re-evaluates without retraining).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+POLICY_LOSSES = ("dpo", "sdpo", "dmpo", "dynamicpo")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class QualityArguments:
+    """Settings of the quality study (a YAML file via `--config`, each key overridable on the command line)."""
+
+    output_dir: str = field(
+        default="benchmarks/results/ml100k-cpu",
+        metadata={"help": "Where results.json and the plots go (committed)."},
+    )
+    work_dir: str = field(
+        default="outputs/quality/ml100k-cpu",
+        metadata={"help": "Caches, adapters and per-cell results (not committed; delete to start over)."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of LoRA initialization, data order and row selection."})
+    # data
+    dataset_name: str = field(default="movielens-100k", metadata={"help": "A dataset_builders source."})
+    raw_dir: str | None = field(
+        default=None, metadata={"help": "Local raw files (downloaded from the official URL when None)."}
+    )
+    train_rows: int = field(default=1024, metadata={"help": "Training rows (the same rows for SFT and every cell)."})
+    train_selection: str = field(
+        default="recent",
+        metadata={"help": "'recent': the last `train_rows` rows of the (time-ordered) train split; 'random': seeded."},
+    )
+    eval_split: str = field(
+        default="test", metadata={"help": "'test' for the final table, 'validation' to choose hyperparameters."}
+    )
+    num_eval_prompts: int = field(default=1000, metadata={"help": "Seeded sample of evaluation prompts."})
+    num_generation_prompts: int = field(
+        default=200, metadata={"help": "Generation protocol on the first prompts of that sample (SFT, K = 15)."}
+    )
+    # model
+    model_name_or_path: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model."})
+    trainable_layers: int = field(default=2, metadata={"help": "LoRA on the top layers only; the rest is cached."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (papers: 8)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (papers: 32)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (papers: 0.1)."})
+    use_trunk_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the frozen layers below the adapter once per row (TrunkCache). Off for full fine-tuning "
+            "scale on a GPU, where the cache of a full train split would not fit on disk."
+        },
+    )
+    trunk_autocast: str | None = field(
+        default="bfloat16", metadata={"help": "Autocast dtype of the trunk pass ('bfloat16' or None for fp32)."}
+    )
+    bf16: bool = field(
+        default=False, metadata={"help": "bf16 autocast for the layers above the trunk (training and evaluation)."}
+    )
+    # SFT
+    sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
+    sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the training rows."})
+    # preference optimization (every cell)
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of every preference cell."})
+    epochs: float = field(default=1.0, metadata={"help": "Epochs of every preference cell."})
+    beta: float = field(default=1.0, metadata={"help": "β of every preference loss (papers: 1)."})
+    batch_size: int = field(default=8, metadata={"help": "Rows per step (SFT and preference)."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Linear warm-up share, then cosine decay."})
+    grid: list[str] = field(
+        default_factory=lambda: [
+            "dpo@15",
+            "sdpo@1",
+            "sdpo@3",
+            "sdpo@7",
+            "sdpo@15",
+            "dmpo@1",
+            "dmpo@3",
+            "dmpo@7",
+            "dmpo@15",
+            "dynamicpo@1",
+            "dynamicpo@3",
+            "dynamicpo@7",
+            "dynamicpo@15",
+        ],
+        metadata={"help": "Preference cells as loss@K, K negatives per row drawn from the 19 (re-drawn per epoch)."},
+    )
+    # evaluation
+    score: str = field(default="sum", metadata={"help": "Ranking score: 'sum' or 'mean' (length-normalized)."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Prompts per ranking forward pass."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the prompts."})
+    # control
+    cells: list[str] | None = field(
+        default=None, metadata={"help": "Run only these cells (e.g. sft dmpo@15); the report uses whatever exists."}
+    )
+    report_only: bool = field(default=False, metadata={"help": "Only rebuild results.json and the plots."})
+
+    def __post_init__(self):
+        if self.train_selection not in ("recent", "random"):
+            raise ValueError(f"`train_selection` must be 'recent' or 'random', got {self.train_selection!r}.")
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"`eval_split` must be 'test' or 'validation', got {self.eval_split!r}.")
+        if self.num_generation_prompts > self.num_eval_prompts:
+            raise ValueError("`num_generation_prompts` cannot exceed `num_eval_prompts` (they are a subset).")
+        for cell in self.grid:
+            parse_cell(cell)
+
+
+def parse_cell(name: str) -> tuple[str, int]:
+    """`"dmpo@15"` -> `("dmpo", 15)`; `"sft"` -> `("sft", 0)`."""
+    if name == "sft":
+        return "sft", 0
+    loss, _, k = name.partition("@")
+    if loss not in POLICY_LOSSES or not k.isdigit() or not 1 <= int(k) <= 19:
+        raise ValueError(f"Bad cell {name!r}: expected loss@K with loss in {POLICY_LOSSES} and 1 <= K <= 19.")
+    return loss, int(k)
+
+
+def fingerprint(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_json(path: Path, data) -> None:
+    from trl_dynamicpo.evaluation import _jsonable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Study:
+    def __init__(self, args: QualityArguments):
+        self.args = args
+        self.work = Path(args.work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ data
+    def data_settings(self) -> dict:
+        a = self.args
+        return {"dataset": a.dataset_name, "builder": "defaults", "seed": a.seed}
+
+    def load_data(self):
+        from dataset_builders import BuildConfig, run_build
+        from trl_dynamicpo.data import load_dataset_folder
+
+        folder = self.work / "data" / fingerprint(self.data_settings())
+        if not (folder / "build_info.json").is_file():
+            raw_dir = self.args.raw_dir
+            if raw_dir is not None and not Path(raw_dir).is_dir():
+                print(f"{raw_dir} does not exist: downloading the raw data from the official source.")
+                raw_dir = None
+            start = time.perf_counter()
+            run_build(self.args.dataset_name, folder, BuildConfig(raw_dir=raw_dir, verbose=False))
+            self.timings["data"] = time.perf_counter() - start
+        self.dataset = load_dataset_folder(folder)
+        items = load_dataset_folder(folder, config="items")
+        self.items = items[next(iter(items))]
+        train = self.dataset["train"]
+        a = self.args
+        if a.train_selection == "recent":
+            train_index = list(range(max(0, len(train) - a.train_rows), len(train)))
+        else:
+            train_index = sorted(random.Random(f"{a.seed}:train").sample(range(len(train)), a.train_rows))
+        split = self.dataset[a.eval_split]
+        eval_index = sorted(random.Random(f"{a.seed}:{a.eval_split}").sample(range(len(split)), a.num_eval_prompts))
+        self.train = train.select(train_index)
+        self.eval = split.select(eval_index)
+        self.eval_index = eval_index
+
+    def cache(self, name: str, rows, model, tokenizer):
+        from trl_dynamicpo.trunk_cache import TrunkCache
+
+        a = self.args
+        if not a.use_trunk_cache:
+            return None
+        settings = {
+            **self.data_settings(),
+            "rows": name,
+            "selection": a.train_selection if name == "train" else a.eval_split,
+            "count": len(rows),
+            "model": a.model_name_or_path,
+            "trainable_layers": a.trainable_layers,
+            "autocast": a.trunk_autocast,
+            "num_eval_prompts": a.num_eval_prompts if name == "eval" else None,
+            "train_rows": a.train_rows if name == "train" else None,
+        }
+        folder = self.work / "cache" / f"{name}-{fingerprint(settings)}"
+        start = time.perf_counter()
+        print(f"trunk cache of the {name} rows ({len(rows)}): {folder}", flush=True)
+        cache = TrunkCache.build(
+            model,
+            tokenizer,
+            rows,
+            folder,
+            num_trainable_layers=a.trainable_layers,
+            autocast_dtype=a.trunk_autocast,
+            batch_size=4,
+        )
+        seconds = time.perf_counter() - start
+        if seconds > 5:
+            self.timings[f"cache_{name}"] = seconds
+        return cache
+
+    # ------------------------------------------------------------------ models
+    @property
+    def device(self) -> str:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def load_base(self):
+        from trl_dynamicpo.model_utils import load_causal_lm
+
+        model, tokenizer = load_causal_lm(self.args.model_name_or_path, attn_implementation="sdpa")
+        return model.to(self.device), tokenizer
+
+    def lora_config(self, num_layers: int):
+        from peft import LoraConfig
+
+        a = self.args
+        return LoraConfig(
+            r=a.lora_r,
+            lora_alpha=a.lora_alpha,
+            lora_dropout=a.lora_dropout,
+            target_modules=LORA_TARGETS,
+            layers_to_transform=list(range(num_layers - a.trainable_layers, num_layers)),
+            layers_pattern="layers",
+            task_type="CAUSAL_LM",
+        )
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device, dtype=torch.bfloat16) if self.args.bf16 else contextlib.nullcontext()
+
+    def trainer_config(self, cell_dir: Path, **overrides):
+        from trl_dynamicpo import DynamicPOConfig
+
+        a = self.args
+        values = dict(
+            output_dir=str(cell_dir / "trainer"),
+            per_device_train_batch_size=a.batch_size,
+            gradient_accumulation_steps=1,
+            lr_scheduler_type="cosine",
+            warmup_steps=a.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5)
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            gradient_checkpointing=False,
+            bf16=a.bf16,
+            seed=a.seed,
+            beta=a.beta,
+            trunk_cache=str(self.train_cache.cache_dir) if self.train_cache is not None else None,
+            disable_tqdm=bool(os.environ.get("TQDM_DISABLE")),
+        )
+        values.update(overrides)
+        return DynamicPOConfig(**values)
+
+    # ------------------------------------------------------------------ fingerprints
+    def sft_settings(self) -> dict:
+        a = self.args
+        keys = (
+            "seed",
+            "train_rows",
+            "train_selection",
+            "model_name_or_path",
+            "trainable_layers",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "use_trunk_cache",
+            "trunk_autocast",
+            "bf16",
+            "sft_learning_rate",
+            "sft_epochs",
+            "batch_size",
+            "warmup_ratio",
+        )
+        return {"data": self.data_settings(), **{k: getattr(a, k) for k in keys}}
+
+    def cell_settings(self, cell: str) -> dict:
+        if cell == "sft":
+            return self.sft_settings()
+        a = self.args
+        loss, k = parse_cell(cell)
+        keys = ("learning_rate", "epochs", "beta")
+        return {"sft": fingerprint(self.sft_settings()), "loss": loss, "k": k, **{k_: getattr(a, k_) for k_ in keys}}
+
+    def eval_settings(self, cell: str) -> dict:
+        a = self.args
+        _, k = parse_cell(cell)
+        generation = cell == "sft" or k == 15
+        return {
+            "split": a.eval_split,
+            "num_eval_prompts": a.num_eval_prompts,
+            "num_generation_prompts": a.num_generation_prompts if generation else 0,
+            "score": a.score,
+            "bf16": a.bf16,
+            "seed": a.seed,
+        }
+
+    # ------------------------------------------------------------------ cells
+    def cell_dir(self, cell: str) -> Path:
+        return self.work / "cells" / cell
+
+    def trained(self, cell: str) -> dict | None:
+        record = read_json(self.cell_dir(cell) / "train.json")
+        if record and record["fingerprint"] == fingerprint(self.cell_settings(cell)):
+            return record
+        return None
+
+    def evaluated(self, cell: str) -> dict | None:
+        record = read_json(self.cell_dir(cell) / "eval.json")
+        trained = self.trained(cell)
+        if (
+            record
+            and trained
+            and record["train_fingerprint"] == trained["fingerprint"]
+            and record["fingerprint"] == fingerprint(self.eval_settings(cell))
+        ):
+            return record
+        return None
+
+    def train_cell(self, cell: str, tokenizer) -> dict:
+        import torch
+        from peft import PeftModel, get_peft_model
+        from transformers import set_seed
+
+        from trl_dynamicpo import DynamicPOTrainer
+
+        folder = self.cell_dir(cell)
+        if folder.exists():
+            shutil.rmtree(folder)  # a stale or half-written cell of this study (work_dir is the study's own)
+        folder.mkdir(parents=True)
+        loss, k = parse_cell(cell)
+        set_seed(self.args.seed)
+        model, _ = self.load_base()
+        start = time.perf_counter()
+        if cell == "sft":
+            model = get_peft_model(model, self.lora_config(len(model.model.layers)))
+            args = self.trainer_config(
+                folder,
+                loss_type=["sft"],
+                num_negatives=0,
+                learning_rate=self.args.sft_learning_rate,
+                num_train_epochs=self.args.sft_epochs,
+            )
+            train = self.train
+        else:
+            model = PeftModel.from_pretrained(model, str(self.cell_dir("sft") / "adapter"), is_trainable=True)
+            args = self.trainer_config(
+                folder,
+                loss_type=[loss],
+                num_negatives=k,
+                learning_rate=self.args.learning_rate,
+                num_train_epochs=self.args.epochs,
+                precompute_ref_log_probs=True,
+            )
+            train = self.train_with_reference()
+        trainer = DynamicPOTrainer(model, args=args, train_dataset=train, processing_class=tokenizer)
+        trainer.train()
+        seconds = time.perf_counter() - start
+        trainer.model.save_pretrained(str(folder / "adapter"))
+        shutil.rmtree(folder / "trainer", ignore_errors=True)
+        record = {
+            "cell": cell,
+            "loss": loss,
+            "num_negatives": k,
+            "fingerprint": fingerprint(self.cell_settings(cell)),
+            "settings": self.cell_settings(cell),
+            "train_rows": len(train),
+            "steps": trainer.state.global_step,
+            "train_seconds": seconds,
+            "log_history": trainer.state.log_history,
+        }
+        write_json(folder / "train.json", record)
+        del trainer, model
+        torch.set_grad_enabled(True)
+        return record
+
+    def train_with_reference(self):
+        """The training rows with the SFT adapter's log-probs of all 20 candidates, computed once for every cell."""
+        from peft import PeftModel
+
+        from trl_dynamicpo.evaluation import score_candidates
+
+        path = self.cell_dir("sft") / "reference_logps.npy"
+        if not path.is_file():
+            model, tokenizer = self.load_base()
+            model = PeftModel.from_pretrained(model, str(self.cell_dir("sft") / "adapter"))
+            start = time.perf_counter()
+            # fp32 reference log-probs (no autocast): the losses subtract them from the policy's.
+            scores = score_candidates(
+                model,
+                tokenizer,
+                self.train["prompt"],
+                self.train["candidates"],
+                batch_size=self.args.eval_batch_size,
+                trunk_cache=self.train_cache,
+                show_progress=not os.environ.get("TQDM_DISABLE"),
+            )
+            self.timings["reference_logps"] = time.perf_counter() - start
+            np.save(path, scores)
+        scores = np.load(path)
+        chosen, rejected = [], []
+        for i, (cands, target, negatives) in enumerate(
+            zip(self.train["candidates"], self.train["chosen"], self.train["rejected"])
+        ):
+            position = {title: j for j, title in enumerate(cands)}
+            chosen.append(float(scores[i, position[target]]))
+            rejected.append([float(scores[i, position[t]]) for t in negatives])
+        return self.train.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+    def evaluate_cell(self, cell: str, tokenizer) -> dict:
+        from peft import PeftModel
+
+        from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_candidates, target_indices
+
+        model, _ = self.load_base()
+        model = PeftModel.from_pretrained(model, str(self.cell_dir(cell) / "adapter"))
+        settings = self.eval_settings(cell)
+        start = time.perf_counter()
+        with self.autocast():
+            scores = score_candidates(
+                model,
+                tokenizer,
+                self.eval["prompt"],
+                self.eval["candidates"],
+                batch_size=self.args.eval_batch_size,
+                score=self.args.score,
+                trunk_cache=self.eval_cache,
+                show_progress=not os.environ.get("TQDM_DISABLE"),
+            )
+        ranking_seconds = time.perf_counter() - start
+        record = {
+            "cell": cell,
+            "fingerprint": fingerprint(settings),
+            "train_fingerprint": self.trained(cell)["fingerprint"],
+            "settings": settings,
+            "ranking_seconds": ranking_seconds,
+        }
+        n = settings["num_generation_prompts"]
+        if n:
+            start = time.perf_counter()
+            rows = self.eval.select(range(n))
+            with self.autocast():
+                outputs = generate_answers(
+                    model,
+                    tokenizer,
+                    rows["prompt"],
+                    batch_size=self.args.generation_batch_size,
+                    show_progress=not os.environ.get("TQDM_DISABLE"),
+                )
+            record["generation_seconds"] = time.perf_counter() - start
+            record["generation"] = generation_metrics(outputs, rows["candidates"], rows["target"], "exact")
+            record["generation_outputs"] = outputs
+        np.save(self.cell_dir(cell) / "scores.npy", scores)
+        record["target_index"] = target_indices(self.eval["candidates"], self.eval["target"]).tolist()
+        write_json(self.cell_dir(cell) / "eval.json", record)
+        return record
+
+    # ------------------------------------------------------------------ the run
+    def cells(self) -> list[str]:
+        cells = ["sft", *self.args.grid]
+        if self.args.cells:
+            unknown = set(self.args.cells) - set(cells)
+            if unknown:
+                raise ValueError(f"--cells {sorted(unknown)} are not in the grid {cells}.")
+            cells = [c for c in cells if c in self.args.cells]
+        return cells
+
+    def run(self) -> None:
+        self.load_data()
+        if not self.args.report_only:
+            model, tokenizer = self.load_base()
+            self.train_cache = self.cache("train", self.train, model, tokenizer)
+            self.eval_cache = self.cache("eval", self.eval, model, tokenizer)
+            del model
+            cells = self.cells()
+            todo = [c for c in cells if self.evaluated(c) is None]
+            print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; to run: {' '.join(todo) or 'none'}")
+            durations = []
+            for i, cell in enumerate(todo, 1):
+                start = time.perf_counter()
+                if cell != "sft" and self.trained("sft") is None:
+                    raise RuntimeError("The SFT cell must be trained first: run with `sft` in --cells.")
+                if self.trained(cell) is None:
+                    record = self.train_cell(cell, tokenizer)
+                    print(f"[{cell}] trained: {record['steps']} steps in {record['train_seconds']:.0f} s", flush=True)
+                record = self.evaluate_cell(cell, tokenizer)
+                durations.append(time.perf_counter() - start)
+                eta = np.mean(durations[1:] or durations) * (len(todo) - i)
+                print(
+                    f"[{i}/{len(todo)}] {cell}: done in {durations[-1]:.0f} s; study ETA {eta / 60:.0f} min",
+                    flush=True,
+                )
+        timings_path = self.work / "timings.json"
+        timings = {**(read_json(timings_path) or {}), **self.timings}
+        write_json(timings_path, timings)
+        from quality_report import write_report
+
+        write_report(self, timings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import TrlParser
+
+    parser = TrlParser((QualityArguments,))
+    (args,) = parser.parse_args_and_config(argv)
+    Study(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""Results of the quality study (`quality.py`): statistics, `results.json`, the collapse plot and training curves.
+
+Everything here reads what the cells wrote under the study's `work_dir` (per-prompt candidate scores, training logs),
+so `python benchmarks/quality.py --config ... --report_only` rebuilds the report without running a model.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+
+DISPLAY = {"sft": "SFT", "dpo": "DPO", "sdpo": "S-DPO", "dmpo": "DMPO", "dynamicpo": "DynamicPO"}
+CURVE_METRICS = ("loss", "rewards/accuracies", "dynamicpo/nonboundary_grad_share")
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _metric_block(ranks: np.ndarray, resamples: int, seed: int) -> dict:
+    from trl_dynamicpo.statistics import bootstrap_ci, hits_at, ndcg_at
+
+    hr1, hr1_ci = bootstrap_ci(hits_at(ranks, 1), resamples, seed=seed)
+    ndcg, ndcg_ci = bootstrap_ci(ndcg_at(ranks, 10), resamples, seed=seed)
+    return {
+        "hr@1": hr1,
+        "hr@1_ci": list(hr1_ci),
+        "hr@5": float(hits_at(ranks, 5).mean()),
+        "ndcg@10": ndcg,
+        "ndcg@10_ci": list(ndcg_ci),
+        "mrr": float((1.0 / ranks).mean()),
+    }
+
+
+def _paired(ranks_a: np.ndarray, ranks_b: np.ndarray, resamples: int, seed: int) -> dict:
+    from trl_dynamicpo.statistics import hits_at, ndcg_at, paired_bootstrap_ci
+
+    hr, hr_ci = paired_bootstrap_ci(hits_at(ranks_a, 1), hits_at(ranks_b, 1), resamples, seed=seed)
+    nd, nd_ci = paired_bootstrap_ci(ndcg_at(ranks_a, 10), ndcg_at(ranks_b, 10), resamples, seed=seed)
+    return {"hr@1": hr, "hr@1_ci": list(hr_ci), "ndcg@10": nd, "ndcg@10_ci": list(nd_ci)}
+
+
+def collect(study) -> dict:
+    """Per-prompt ranks of every evaluated cell and of the baselines, and the results dictionary."""
+    from quality import parse_cell
+
+    from trl_dynamicpo.evaluation import baseline_scores, target_indices, target_ranks
+
+    args = study.args
+    target_index = target_indices(study.eval["candidates"], study.eval["target"])
+    seed = args.seed
+    ranks = {}
+    for name, scores in baseline_scores(study.eval["candidates"], study.items, seed=seed).items():
+        ranks[f"baseline:{name}"] = target_ranks(scores, target_index)
+    results = {
+        "num_test_prompts": len(target_index),
+        "split": args.eval_split,
+        "baselines": {},
+        "cells": [],
+        "comparisons": {},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("cells", "report_only")},
+        "commit": _commit(),
+    }
+    for name in ("popularity", "random"):
+        if f"baseline:{name}" in ranks:
+            results["baselines"][name] = _metric_block(ranks[f"baseline:{name}"], args.bootstrap_resamples, seed)
+    for cell in ["sft", *args.grid]:
+        evaluation = study.evaluated(cell)
+        if evaluation is None:
+            continue
+        trained = study.trained(cell)
+        scores = np.load(study.cell_dir(cell) / "scores.npy")
+        ranks[cell] = target_ranks(scores, target_index)
+        loss, k = parse_cell(cell)
+        entry = {
+            "name": cell,
+            "loss": loss,
+            "num_negatives": k,
+            **_metric_block(ranks[cell], args.bootstrap_resamples, seed),
+            "train_rows": trained["train_rows"],
+            "steps": trained["steps"],
+            "train_seconds": trained["train_seconds"],
+            "eval_seconds": evaluation["ranking_seconds"] + evaluation.get("generation_seconds", 0.0),
+        }
+        entry["wall_seconds"] = entry["train_seconds"] + entry["eval_seconds"]
+        if "generation" in evaluation:
+            generation = evaluation["generation"]
+            entry["generation"] = {
+                "hr@1": generation["hr@1"],
+                "valid_ratio": generation["valid_ratio"],
+                "num_prompts": evaluation["settings"]["num_generation_prompts"],
+            }
+        results["cells"].append(entry)
+    by_name = {c["name"]: c for c in results["cells"]}
+    resamples = args.bootstrap_resamples
+    for cell, entry in by_name.items():
+        if "baseline:popularity" in ranks:
+            entry["vs_popularity"] = _paired(ranks[cell], ranks["baseline:popularity"], resamples, seed)
+        if cell != "sft" and "sft" in ranks:
+            entry["vs_sft"] = _paired(ranks[cell], ranks["sft"], resamples, seed)
+    for cell in by_name:
+        loss, k = parse_cell(cell)
+        if loss == "dynamicpo" and f"dmpo@{k}" in ranks:
+            results["comparisons"][f"dynamicpo@{k} - dmpo@{k}"] = _paired(
+                ranks[cell], ranks[f"dmpo@{k}"], resamples, seed
+            )
+    return results
+
+
+def _fmt_ci(value: float, ci) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _fmt_diff(block: dict | None, key: str = "hr@1") -> str:
+    if not block:
+        return "-"
+    return f"{block[key]:+.3f} [{block[key + '_ci'][0]:+.3f}, {block[key + '_ci'][1]:+.3f}]"
+
+
+def markdown_table(results: dict) -> str:
+    """The README's results table: baselines first, then every cell."""
+    lines = [
+        "| model | K | HR@1 [95% CI] | NDCG@10 [95% CI] | HR@1 − SFT [paired 95% CI] | HR@1 − popularity [paired 95% CI] "
+        "| generation HR@1 / ValidRatio | train rows / steps | wall (s) |",
+        "|---|---:|---|---|---|---|---|---|---:|",
+    ]
+    for name, block in results["baselines"].items():
+        lines.append(
+            f"| {name} baseline | - | {_fmt_ci(block['hr@1'], block['hr@1_ci'])} | "
+            f"{_fmt_ci(block['ndcg@10'], block['ndcg@10_ci'])} | - | - | - | - | - |"
+        )
+    for cell in results["cells"]:
+        generation = cell.get("generation")
+        gen = f"{generation['hr@1']:.3f} / {generation['valid_ratio']:.3f}" if generation else "-"
+        lines.append(
+            f"| {DISPLAY[cell['loss']]} | {cell['num_negatives'] or '-'} | {_fmt_ci(cell['hr@1'], cell['hr@1_ci'])} | "
+            f"{_fmt_ci(cell['ndcg@10'], cell['ndcg@10_ci'])} | {_fmt_diff(cell.get('vs_sft'))} | "
+            f"{_fmt_diff(cell.get('vs_popularity'))} | {gen} | {cell['train_rows']} / {cell['steps']} | "
+            f"{cell['wall_seconds']:.0f} |"
+        )
+    if results["comparisons"]:
+        lines += ["", "| paired difference | HR@1 [95% CI] | NDCG@10 [95% CI] |", "|---|---|---|"]
+        for name, block in results["comparisons"].items():
+            lines.append(f"| {name} | {_fmt_diff(block)} | {_fmt_diff(block, 'ndcg@10')} |")
+    return "\n".join(lines)
+
+
+def plot_hr_vs_k(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = {"sdpo": "tab:blue", "dmpo": "tab:orange", "dynamicpo": "tab:green", "dpo": "tab:purple"}
+    for loss in ("sdpo", "dmpo", "dynamicpo", "dpo"):
+        cells = sorted((c for c in results["cells"] if c["loss"] == loss), key=lambda c: c["num_negatives"])
+        if not cells:
+            continue
+        ks = [c["num_negatives"] for c in cells]
+        hr = [c["hr@1"] for c in cells]
+        lo = [c["hr@1_ci"][0] for c in cells]
+        hi = [c["hr@1_ci"][1] for c in cells]
+        style = "o-" if len(cells) > 1 else "D"
+        ax.plot(ks, hr, style, color=colors[loss], label=DISPLAY[loss])
+        if len(cells) > 1:
+            ax.fill_between(ks, lo, hi, color=colors[loss], alpha=0.15)
+        else:
+            ax.errorbar(ks, hr, yerr=[[hr[0] - lo[0]], [hi[0] - hr[0]]], color=colors[loss], capsize=3)
+    for name, style in (("popularity", ("k", "--")), ("random", ("grey", ":"))):
+        if name in results["baselines"]:
+            block = results["baselines"][name]
+            ax.axhline(block["hr@1"], color=style[0], linestyle=style[1], label=f"{name} baseline")
+    sft = next((c for c in results["cells"] if c["loss"] == "sft"), None)
+    if sft:
+        ax.axhline(sft["hr@1"], color="tab:red", linestyle="-.", label="SFT (K = 0)")
+        ax.axhspan(sft["hr@1_ci"][0], sft["hr@1_ci"][1], color="tab:red", alpha=0.07)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 3, 7, 15])
+    ax.set_xticklabels(["1", "3", "7", "15"])
+    ax.set_xlabel("negatives per row K")
+    ax.set_ylabel(f"ranking HR@1 ({results['num_test_prompts']} {results['split']} prompts)")
+    ax.set_title("HR@1 vs number of negatives (95% bootstrap CI)")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_training_curves(study, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(13, 3.6))
+    for cell in study.args.grid:
+        loss, k = cell.partition("@")[0], int(cell.partition("@")[2])
+        trained = study.trained(cell)
+        if k != 15 or trained is None:
+            continue
+        history = [h for h in trained["log_history"] if "loss" in h and "step" in h]
+        for ax, metric in zip(axes, CURVE_METRICS):
+            steps = [h["step"] for h in history if metric in h]
+            values = np.array([h[metric] for h in history if metric in h], dtype=float)
+            if len(values) == 0:
+                continue
+            window = max(1, len(values) // 20)  # light smoothing: per-step values of batch 8 are noisy
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], smooth, label=f"{DISPLAY[loss]} (K = 15)")
+    for ax, metric in zip(axes, CURVE_METRICS):
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Training curves of the K = 15 runs (moving average)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(study, timings: dict) -> dict:
+    from quality import write_json
+
+    out = Path(study.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = collect(study)
+    results["timings"] = timings
+    cells = {c["name"]: c for c in results["cells"]}
+    results["timings"]["cells_total"] = sum(c["wall_seconds"] for c in cells.values())
+    results["timings"]["study_total"] = results["timings"]["cells_total"] + sum(
+        v for k, v in timings.items() if k.startswith("cache_") or k in ("data", "reference_logps")
+    )
+    write_json(out / "results.json", results)
+    if results["cells"]:
+        plot_hr_vs_k(results, out / "hr_vs_k.png")
+        plot_training_curves(study, out / "training_curves.png")
+    table = markdown_table(results)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    return results

@@ -1,0 +1,111 @@
+"""The quality study (`benchmarks/quality.py`) end to end on real MovieLens-100K rows and a 4-layer SmolLM2.
+
+A handful of rows and prompts, so that it runs in the default suite: it checks the schema of `results.json`, the
+plots, and that the per-cell cache reruns nothing when nothing changed and only the dependent cells when a setting
+changed.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .testing_utils import SHARED_DATA
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = SHARED_DATA / "movielens" / "ml-100k"
+pytestmark = pytest.mark.skipif(not (RAW / "u.data").is_file(), reason="needs ../shared/data/movielens/ml-100k")
+
+
+@pytest.fixture(scope="module")
+def small_smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct's tokenizer and its first 4 layers (real weights), saved as a folder."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_dynamicpo.model_utils import convert_gguf, smollm2_gguf_path
+
+    folder = convert_gguf(*smollm2_gguf_path())
+    out = tmp_path_factory.mktemp("smollm2-4l")
+    model = AutoModelForCausalLM.from_pretrained(folder, num_hidden_layers=4)
+    model.save_pretrained(out)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return str(out)
+
+
+def _run(argv):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import quality
+
+        return quality.main(argv)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _argv(tmp_path, model, **overrides):
+    values = {
+        "output_dir": tmp_path / "results",
+        "work_dir": tmp_path / "work",
+        "raw_dir": RAW,
+        "model_name_or_path": model,
+        "train_rows": 16,
+        "num_eval_prompts": 12,
+        "num_generation_prompts": 4,
+        "trainable_layers": 2,
+        "batch_size": 8,
+        "eval_batch_size": 4,
+        "bootstrap_resamples": 200,
+        "sft_learning_rate": 1e-3,
+        "learning_rate": 1e-3,
+    }
+    values.update(overrides)
+    argv = []
+    for key, value in values.items():
+        argv += [f"--{key}", str(value)]
+    return argv + ["--grid", "dmpo@3", "dynamicpo@3", "sdpo@15"]
+
+
+def _mtimes(work):
+    return {p.parent.name: p.stat().st_mtime_ns for p in (work / "cells").glob("*/train.json")}
+
+
+def test_study_writes_results_and_reruns_only_what_changed(tmp_path, small_smollm2, capsys):
+    assert _run(_argv(tmp_path, small_smollm2)) == 0
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["num_test_prompts"] == 12 and results["split"] == "test"
+    assert set(results["baselines"]) == {"popularity", "random"}
+    names = [c["name"] for c in results["cells"]]
+    assert names == ["sft", "dmpo@3", "dynamicpo@3", "sdpo@15"]
+    for cell in results["cells"]:
+        low, high = cell["hr@1_ci"]
+        assert low <= cell["hr@1"] <= high and 0 <= low and high <= 1
+        assert cell["train_rows"] == 16 and cell["steps"] == 2 and cell["wall_seconds"] > 0
+        assert ("generation" in cell) == (cell["num_negatives"] in (0, 15))
+        if cell["loss"] != "sft":
+            assert "vs_sft" in cell and "vs_popularity" in cell
+    assert set(results["comparisons"]) == {"dynamicpo@3 - dmpo@3"}
+    # The table's HR@1 is the ranking metric of the saved per-prompt scores.
+    from trl_dynamicpo.evaluation import ranking_metrics
+
+    record = json.loads((tmp_path / "work" / "cells" / "dmpo@3" / "eval.json").read_text())
+    scores = np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores.npy")
+    assert ranking_metrics(scores, record["target_index"])["hr@1"] == results["cells"][1]["hr@1"]
+    assert (tmp_path / "results" / "hr_vs_k.png").stat().st_size > 10_000
+    assert (tmp_path / "results" / "training_curves.png").stat().st_size > 10_000
+
+    before = _mtimes(tmp_path / "work")
+    capsys.readouterr()
+    assert _run(_argv(tmp_path, small_smollm2)) == 0
+    assert "4 of 4 cells cached; to run: none" in capsys.readouterr().out
+    assert _mtimes(tmp_path / "work") == before
+
+    # A preference setting changes: SFT stays, every preference cell is retrained.
+    assert _run(_argv(tmp_path, small_smollm2, learning_rate=5e-4)) == 0
+    after = _mtimes(tmp_path / "work")
+    assert after["sft"] == before["sft"]
+    assert all(after[c] != before[c] for c in ("dmpo@3", "dynamicpo@3", "sdpo@15"))
