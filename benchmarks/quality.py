@@ -101,7 +101,10 @@ class QualityArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of every preference cell."})
     epochs: float = field(default=1.0, metadata={"help": "Epochs of every preference cell."})
     beta: float = field(default=1.0, metadata={"help": "β of every preference loss (papers: 1)."})
-    batch_size: int = field(default=8, metadata={"help": "Rows per step (SFT and preference)."})
+    batch_size: int = field(default=8, metadata={"help": "Rows per device and forward pass (SFT and preference)."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Forward passes per optimizer step (effective batch = batch_size x this)."}
+    )
     warmup_ratio: float = field(default=0.05, metadata={"help": "Linear warm-up share, then cosine decay."})
     grid: list[str] = field(
         default_factory=lambda: [
@@ -283,7 +286,7 @@ class Study:
         values = dict(
             output_dir=str(cell_dir / "trainer"),
             per_device_train_batch_size=a.batch_size,
-            gradient_accumulation_steps=1,
+            gradient_accumulation_steps=a.gradient_accumulation_steps,
             lr_scheduler_type="cosine",
             warmup_steps=a.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5)
             logging_steps=1,

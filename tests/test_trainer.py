@@ -180,6 +180,25 @@ def test_explicit_ref_model_and_precomputed_reference_agree(tokenizer, tmp_path)
     torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=0)
 
 
+def test_reference_log_probs_given_with_the_rows_are_used_as_they_are(tokenizer, tmp_path):
+    # Several runs from one reference (the quality study) compute its log-probs once and pass them as columns.
+    rows = [
+        {**r, "ref_chosen_logps": -1.0 - i, "ref_rejected_logps": [-2.0 - k for k in range(len(r["rejected"]))]}
+        for i, r in enumerate(ROWS)
+    ]
+    trainer = DynamicPOTrainer(
+        make_tiny_model(tokenizer),
+        args=config(tmp_path, precompute_ref_log_probs=True, loss_type=["dmpo"]),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    assert trainer.train_dataset[2]["ref_chosen_logps"] == -3.0
+    batch = first_batch(trainer)
+    expected = torch.tensor([[-1.0 - i, *(-2.0 - k for k in range(5))] for i in range(4)])
+    expected = expected * batch["answer_mask"]
+    torch.testing.assert_close(batch["ref_logps"], expected[:, : batch["ref_logps"].size(1)])
+
+
 @pytest.mark.parametrize(
     "rows",
     [

@@ -51,7 +51,7 @@ _SIGNATURE_COLUMNS = [
 ]
 NAPO_STATE_FILE = "napo_state.json"
 # Optional input columns carried through tokenization unchanged.
-_PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding")
+_PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding", "ref_chosen_logps", "ref_rejected_logps")
 
 
 class _NegativeResamplingCallback(TrainerCallback):

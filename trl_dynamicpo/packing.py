@@ -29,6 +29,10 @@ from transformers.data.data_collator import DataCollatorMixin
 LAYOUTS = ("packed", "concatenated")
 _FUSED_MARKER = "_trl_dynamicpo_answer_lm_head"
 _VOCAB_CHUNK = 32768
+# On devices without Triton TRL's kernel falls back to torch ops on [tokens, chunk] tiles; with 32k-wide tiles every
+# temporary is hundreds of MB (fresh pages from the OS each time), which made the LM head 2x slower forward and 4.5x
+# slower forward + backward than 1k-wide tiles on a CPU (benchmarks/lm_head.py).
+_CPU_VOCAB_CHUNK = 1024
 
 
 def _pad_to(length: int, multiple: int | None) -> int:
@@ -206,9 +210,10 @@ def _install_answer_head(target) -> None:
         targets = labels[:, 1:].to(hidden.device)
         mask = targets != -100
         head = self.get_output_embeddings()
+        chunk = _CPU_VOCAB_CHUNK if hidden.device.type == "cpu" else _VOCAB_CHUNK
         with maybe_gather_lm_head_ctx(head.weight, head.bias):
             log_probs = ChunkedLogProbFunction.apply(
-                hidden[mask], head.weight, head.bias, targets[mask], 1.0, _VOCAB_CHUNK, softcap, scale, ("log_probs",)
+                hidden[mask], head.weight, head.bias, targets[mask], 1.0, chunk, softcap, scale, ("log_probs",)
             )[0]
         # masked_scatter keeps the result connected to the graph even when no position is scored.
         return log_probs.new_zeros(mask.shape).masked_scatter(mask, log_probs)
