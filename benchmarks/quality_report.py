@@ -7,6 +7,7 @@ so `python benchmarks/quality.py --config ... --report_only` rebuilds the report
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ import numpy as np
 
 DISPLAY = {"sft": "SFT", "dpo": "DPO", "sdpo": "S-DPO", "dmpo": "DMPO", "dynamicpo": "DynamicPO"}
 CURVE_METRICS = ("loss", "rewards/accuracies", "dynamicpo/nonboundary_grad_share")
+BASELINES = {
+    "popularity": "popularity (full train split)",
+    "popularity_train_rows": "popularity (the study's training rows)",
+    "random": "random",
+}
 
 
 def _commit() -> str | None:
@@ -59,6 +65,16 @@ def collect(study) -> dict:
     ranks = {}
     for name, scores in baseline_scores(study.eval["candidates"], study.items, seed=seed).items():
         ranks[f"baseline:{name}"] = target_ranks(scores, target_index)
+    # The same rule on the only rows the models learn from: how often each title is the target in the training rows.
+    # It is what a perfect frequency learner could reach from those rows (the full-split popularity uses 77k rows).
+    counts = Counter(study.train["chosen"])
+    table = {
+        "title": study.items["title"],
+        "train_count": [counts.get(t, 0) for t in study.items["title"]],
+        "popularity_group": study.items["popularity_group"],
+    }
+    scores = baseline_scores(study.eval["candidates"], table, seed=seed)["popularity"]
+    ranks["baseline:popularity_train_rows"] = target_ranks(scores, target_index)
     results = {
         "num_test_prompts": len(target_index),
         "split": args.eval_split,
@@ -68,7 +84,7 @@ def collect(study) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("cells", "report_only")},
         "commit": _commit(),
     }
-    for name in ("popularity", "random"):
+    for name in BASELINES:
         if f"baseline:{name}" in ranks:
             results["baselines"][name] = _metric_block(ranks[f"baseline:{name}"], args.bootstrap_resamples, seed)
     for cell in ["sft", *args.grid]:
@@ -133,7 +149,7 @@ def markdown_table(results: dict) -> str:
     ]
     for name, block in results["baselines"].items():
         lines.append(
-            f"| {name} baseline | - | {_fmt_ci(block['hr@1'], block['hr@1_ci'])} | "
+            f"| {BASELINES[name]} | - | {_fmt_ci(block['hr@1'], block['hr@1_ci'])} | "
             f"{_fmt_ci(block['ndcg@10'], block['ndcg@10_ci'])} | - | - | - | - | - |"
         )
     for cell in results["cells"]:
@@ -174,10 +190,10 @@ def plot_hr_vs_k(results: dict, path: Path) -> None:
             ax.fill_between(ks, lo, hi, color=colors[loss], alpha=0.15)
         else:
             ax.errorbar(ks, hr, yerr=[[hr[0] - lo[0]], [hi[0] - hr[0]]], color=colors[loss], capsize=3)
-    for name, style in (("popularity", ("k", "--")), ("random", ("grey", ":"))):
+    for name, style in (("popularity", ("k", "--")), ("popularity_train_rows", ("k", ":")), ("random", ("grey", ":"))):
         if name in results["baselines"]:
             block = results["baselines"][name]
-            ax.axhline(block["hr@1"], color=style[0], linestyle=style[1], label=f"{name} baseline")
+            ax.axhline(block["hr@1"], color=style[0], linestyle=style[1], label=BASELINES[name])
     sft = next((c for c in results["cells"] if c["loss"] == "sft"), None)
     if sft:
         ax.axhline(sft["hr@1"], color="tab:red", linestyle="-.", label="SFT (K = 0)")

@@ -78,7 +78,7 @@ def test_study_writes_results_and_reruns_only_what_changed(tmp_path, small_smoll
     assert _run(_argv(tmp_path, small_smollm2)) == 0
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["num_test_prompts"] == 12 and results["split"] == "test"
-    assert set(results["baselines"]) == {"popularity", "random"}
+    assert set(results["baselines"]) == {"popularity", "popularity_train_rows", "random"}
     names = [c["name"] for c in results["cells"]]
     assert names == ["sft", "dmpo@3", "dynamicpo@3", "sdpo@15"]
     for cell in results["cells"]:
