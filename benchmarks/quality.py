@@ -57,6 +57,13 @@ class QualityArguments:
         default="outputs/quality/ml100k-cpu",
         metadata={"help": "Caches, adapters and per-cell results (not committed; delete to start over)."},
     )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the trunk caches go (default: work_dir/cache). Several studies on the same rows (e.g. the "
+            "learning curve) share a cache folder: each cache is named by the settings it depends on."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed of LoRA initialization, data order and row selection."})
     # data
     dataset_name: str = field(default="movielens-100k", metadata={"help": "A dataset_builders source."})
@@ -230,7 +237,8 @@ class Study:
             "num_eval_prompts": a.num_eval_prompts if name == "eval" else None,
             "train_rows": a.train_rows if name == "train" else None,
         }
-        folder = self.work / "cache" / f"{name}-{fingerprint(settings)}"
+        root = Path(a.cache_dir) if a.cache_dir else self.work / "cache"
+        folder = root / f"{name}-{fingerprint(settings)}"
         start = time.perf_counter()
         print(f"trunk cache of the {name} rows ({len(rows)}): {folder}", flush=True)
         cache = TrunkCache.build(

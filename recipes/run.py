@@ -63,9 +63,9 @@ logger = logging.getLogger("recipes.run")
 # Inputs of each stage: the recipe keys whose change makes a finished stage stale (re-run), besides upstream stages.
 STAGE_KEYS = {
     "data": ("data", "seed"),
-    "sft": ("model", "lora", "sft", "seed"),
-    "preference": ("model", "lora", "preference", "seed"),
-    "evaluate": ("model", "evaluation"),
+    "sft": ("model", "lora", "trunk_cache", "sft", "seed"),
+    "preference": ("model", "lora", "trunk_cache", "preference", "seed"),
+    "evaluate": ("model", "trunk_cache", "evaluation"),
     "publish": ("publish",),
 }
 STAGE_DIRS = {"data": "data", "sft": "sft", "preference": "preference", "evaluate": "evaluate", "publish": "final"}
@@ -370,18 +370,54 @@ class RecipeRun:
             )
         return model, tokenizer
 
-    def lora_config(self):
+    def lora_config(self, model):
         from peft import LoraConfig
 
         cfg = self.recipe.lora
+        layers = None
+        if cfg.trainable_layers is not None:
+            total = model.config.get_text_config().num_hidden_layers
+            if cfg.trainable_layers > total:
+                raise ValueError(f"lora.trainable_layers is {cfg.trainable_layers} but the model has {total} layers.")
+            layers = list(range(total - cfg.trainable_layers, total))
         return LoraConfig(
             r=cfg.r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules),
             bias=cfg.bias,
+            layers_to_transform=layers,
+            layers_pattern="layers" if layers else None,
             task_type="CAUSAL_LM",
         )
+
+    def trunk_cache(self, name: str, rows, model, tokenizer, max_prompt_length: int | None = None):
+        """The frozen-trunk cache of `rows` (built once, on the main process first), or None when it is off."""
+        cfg = self.recipe.trunk_cache
+        if not cfg.enabled:
+            return None
+        from trl_dynamicpo.trunk_cache import META_FILE, TrunkCache, TrunkCacheMismatchError
+
+        folder = self.output_dir / "trunk_cache" / name
+        kwargs = {
+            "num_trainable_layers": self.recipe.lora.trainable_layers,
+            "separator": self.recipe.data.completion_separator,
+            "max_prompt_length": max_prompt_length,
+            "autocast_dtype": cfg.autocast_dtype,
+            "storage_dtype": cfg.storage_dtype,
+            "batch_size": cfg.batch_size,
+        }
+        with self.main_first():
+            try:
+                cache = TrunkCache.build(model, tokenizer, rows, folder, **kwargs)
+            except TrunkCacheMismatchError:
+                if not (folder / META_FILE).is_file():
+                    raise
+                # The run's own cache, built for other rows or another model: an upstream stage changed.
+                print(f"    the trunk cache in {folder} is stale: rebuilding it")
+                shutil.rmtree(folder)
+                cache = TrunkCache.build(model, tokenizer, rows, folder, **kwargs)
+        return cache
 
     def dataset(self):
         """The prepared `DatasetDict` of the data stage."""
@@ -484,8 +520,10 @@ class RecipeRun:
         for split, rows in data.items():
             limit = limits.get(split)
             if limit is not None and limit < len(rows):
-                # A seeded subset in the split's own order (time order for the builders' splits).
-                indices = sorted(random.Random(f"{self.recipe.seed}:{split}").sample(range(len(rows)), limit))
+                if split == cfg.train_split and cfg.train_subsample == "latest":
+                    indices = range(len(rows) - limit, len(rows))
+                else:  # a seeded subset in the split's own order (time order for the builders' splits)
+                    indices = sorted(random.Random(f"{self.recipe.seed}:{split}").sample(range(len(rows)), limit))
                 rows = rows.select(indices)
             out[split] = rows
         return DatasetDict(out)
@@ -517,14 +555,28 @@ class RecipeRun:
                 )
                 return split.filter(lambda row: len(row["input_ids"]) > 0, desc="Dropping rows longer than max_length")
 
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=prepare(train, "train"),
-            eval_dataset=prepare(evaluation, "validation") if evaluation is not None else None,
-            processing_class=tokenizer,
-            peft_config=self.lora_config(),
-        )
+        cache = self.trunk_cache("train", train, model, tokenizer)
+        if cache is not None:
+            # SFT through the cached trunk: DynamicPOTrainer with the chosen answer's NLL (loss_type=["sft"]).
+            from trl_dynamicpo import DynamicPOTrainer
+
+            args = training_arguments(self.recipe, "sft", str(folder), trunk_cache=str(cache.cache_dir))
+            trainer = DynamicPOTrainer(
+                model=model,
+                args=args,
+                train_dataset=train,
+                processing_class=tokenizer,
+                peft_config=self.lora_config(model),
+            )
+        else:
+            trainer = SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=prepare(train, "train"),
+                eval_dataset=prepare(evaluation, "validation") if evaluation is not None else None,
+                processing_class=tokenizer,
+                peft_config=self.lora_config(model),
+            )
         result = trainer.train(resume_from_checkpoint=self.resume_checkpoint("sft"))
         trainer.save_model(str(folder))
         trainer.save_state()
@@ -557,8 +609,11 @@ class RecipeRun:
         else:
             if self.is_main:
                 print("    no SFT adapter: training a fresh LoRA adapter; the reference is the base model")
-            model, peft_config = base, self.lora_config()
+            model, peft_config = base, self.lora_config(base)
         train, evaluation = self.train_eval_splits(args)
+        cache = self.trunk_cache("train", train, base, tokenizer)
+        if cache is not None:
+            args = training_arguments(self.recipe, "preference", str(folder), trunk_cache=str(cache.cache_dir))
         trainer = DynamicPOTrainer(
             model=model,
             ref_model=None,
@@ -655,17 +710,24 @@ class RecipeRun:
             "seed": self.recipe.seed,
         }
         results: dict[str, Any] = {}
+        autocast = (
+            torch.autocast(self.state.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+        )
         # Each protocol runs on its own number of rows (generation is the slow one); the count is kept per protocol.
         if "ranking" in cfg.protocols:
-            ranked = evaluate_recommender(
-                model, tokenizer, test, protocols=["ranking"], max_samples=cfg.max_samples, **common
-            )
+            rows = test.select(range(min(cfg.max_samples or len(test), len(test))))
+            cache = self.trunk_cache("test", rows, model, tokenizer, max_prompt_length=cfg.max_prompt_length)
+            with autocast:
+                ranked = evaluate_recommender(
+                    model, tokenizer, rows, protocols=["ranking"], trunk_cache=cache, **common
+                )
             results.update(ranked)
         if "generation" in cfg.protocols:
             rows = cfg.generation_max_samples or cfg.max_samples
-            generated = evaluate_recommender(
-                model, tokenizer, test, protocols=["generation"], max_samples=rows, baselines=not results, **common
-            )
+            with autocast:
+                generated = evaluate_recommender(
+                    model, tokenizer, test, protocols=["generation"], max_samples=rows, baselines=not results, **common
+                )
             if results:  # keep the ranking rows' count and baselines; add the generation metrics
                 generated = {k: v for k, v in generated.items() if k.startswith("generation/")}
             results.update(generated)

@@ -438,6 +438,57 @@ def test_end_to_end_tiny_run(finished_run, tiny_world):
     assert published["ranking/hr@1"] == evaluation["final"]["ranking/hr@1"]
 
 
+def test_trunk_cache_run_trains_the_top_layer_and_scores_like_the_full_model(tiny_world, tmp_path):
+    """`trunk_cache.enabled` + `lora.trainable_layers`: SFT and DynamicPO read the cached trunk; the published adapter
+    adapts the top layer only and the ranking metrics of the run are the full model's."""
+    import torch
+    from datasets import load_from_disk
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_dynamicpo.evaluation import evaluate_recommender
+
+    root, _, model_dir = tiny_world
+    shutil.copytree(root / "raw", tmp_path / "raw")
+    path = tiny_recipe(
+        tmp_path,
+        model_dir,
+        lora={"trainable_layers": 1},
+        trunk_cache={"enabled": True},
+        stages=["data", "sft", "preference", "evaluate"],
+    )
+    assert main([str(path)]) == 0
+    out = tmp_path / "out"
+    assert (out / "trunk_cache" / "train" / "trunk_cache.json").is_file()
+    assert (out / "trunk_cache" / "test" / "trunk_cache.json").is_file()
+    sft_logs = json.loads((out / "sft" / "trainer_state.json").read_text())["log_history"]
+    assert "sft/nll" in sft_logs[0]  # SFT ran through DynamicPOTrainer on the cache
+    config = json.loads((out / "preference" / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [1]
+    trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out / "preference")
+    names = [n for n, _ in trained.named_parameters() if "lora_" in n]
+    assert names and all(".layers.1." in n for n in names)
+    test = load_from_disk(str(out / "data" / "dataset"))["test"]
+    full = evaluate_recommender(
+        trained,
+        AutoTokenizer.from_pretrained(model_dir),
+        test,
+        protocols=["ranking"],
+        max_samples=4,
+        show_progress=False,
+    )
+    recorded = json.loads((out / "evaluate" / "eval_results.json").read_text())["final"]
+    for key in ("ranking/hr@1", "ranking/mrr", "ranking/ndcg@10"):
+        assert recorded[key] == pytest.approx(full[key], abs=1e-6), key
+    assert torch.is_grad_enabled()
+
+
+def test_trunk_cache_needs_trainable_layers(tmp_path):
+    path = tiny_recipe(tmp_path, tmp_path, trunk_cache={"enabled": True})
+    with pytest.raises(RecipeError, match="lora.trainable_layers"):
+        load_recipe(path)
+
+
 def test_rerun_reuses_finished_stages_and_reruns_stale_ones(finished_run, tmp_path, capsys):
     folder, _ = finished_run
     copy = tmp_path / "run"
