@@ -204,7 +204,7 @@ class Study:
                 raw_dir = None
             start = time.perf_counter()
             run_build(self.args.dataset_name, folder, BuildConfig(raw_dir=raw_dir, verbose=False))
-            self.timings["data"] = time.perf_counter() - start
+            self.record_timing("data", time.perf_counter() - start)
         self.dataset = load_dataset_folder(folder)
         items = load_dataset_folder(folder, config="items")
         self.items = items[next(iter(items))]
@@ -219,6 +219,13 @@ class Study:
         self.train = train.select(train_index)
         self.eval = split.select(eval_index)
         self.eval_index = eval_index
+
+    def record_timing(self, key: str, seconds: float) -> None:
+        """Keep a one-off cost (data build, trunk caches, reference log-probs) in `timings.json` at once, so that the
+        study's total stays known when a later cell is interrupted and the study is resumed."""
+        self.timings[key] = seconds
+        path = self.work / "timings.json"
+        write_json(path, {**(read_json(path) or {}), key: seconds})
 
     def cache(self, name: str, rows, model, tokenizer):
         from trl_dynamicpo.trunk_cache import TrunkCache
@@ -252,7 +259,7 @@ class Study:
         )
         seconds = time.perf_counter() - start
         if seconds > 5:
-            self.timings[f"cache_{name}"] = seconds
+            self.record_timing(f"cache_{name}", seconds)
         return cache
 
     # ------------------------------------------------------------------ models
@@ -387,6 +394,7 @@ class Study:
             shutil.rmtree(folder)  # a stale or half-written cell of this study (work_dir is the study's own)
         folder.mkdir(parents=True)
         loss, k = parse_cell(cell)
+        train = self.train if cell == "sft" else self.train_with_reference()  # reference log-probs: once, not timed
         set_seed(self.args.seed)
         model, _ = self.load_base()
         start = time.perf_counter()
@@ -399,7 +407,6 @@ class Study:
                 learning_rate=self.args.sft_learning_rate,
                 num_train_epochs=self.args.sft_epochs,
             )
-            train = self.train
         else:
             model = PeftModel.from_pretrained(model, str(self.cell_dir("sft") / "adapter"), is_trainable=True)
             args = self.trainer_config(
@@ -410,7 +417,6 @@ class Study:
                 num_train_epochs=self.args.epochs,
                 precompute_ref_log_probs=True,
             )
-            train = self.train_with_reference()
         trainer = DynamicPOTrainer(model, args=args, train_dataset=train, processing_class=tokenizer)
         trainer.train()
         seconds = time.perf_counter() - start
@@ -453,7 +459,7 @@ class Study:
                 trunk_cache=self.train_cache,
                 show_progress=not os.environ.get("TQDM_DISABLE"),
             )
-            self.timings["reference_logps"] = time.perf_counter() - start
+            self.record_timing("reference_logps", time.perf_counter() - start)
             np.save(path, scores)
         scores = np.load(path)
         chosen, rejected = [], []
@@ -533,19 +539,20 @@ class Study:
             cells = self.cells()
             todo = [c for c in cells if self.evaluated(c) is None]
             print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; to run: {' '.join(todo) or 'none'}")
-            durations = []
+            eta = _Eta(self.train_cache)
             for i, cell in enumerate(todo, 1):
                 start = time.perf_counter()
                 if cell != "sft" and self.trained("sft") is None:
                     raise RuntimeError("The SFT cell must be trained first: run with `sft` in --cells.")
                 if self.trained(cell) is None:
                     record = self.train_cell(cell, tokenizer)
+                    eta.trained(cell, record["train_seconds"])
                     print(f"[{cell}] trained: {record['steps']} steps in {record['train_seconds']:.0f} s", flush=True)
                 record = self.evaluate_cell(cell, tokenizer)
-                durations.append(time.perf_counter() - start)
-                eta = np.mean(durations[1:] or durations) * (len(todo) - i)
+                eta.evaluated(record)
                 print(
-                    f"[{i}/{len(todo)}] {cell}: done in {durations[-1]:.0f} s; study ETA {eta / 60:.0f} min",
+                    f"[{i}/{len(todo)}] {cell}: done in {time.perf_counter() - start:.0f} s; study ETA "
+                    f"{eta.remaining(todo[i:]) / 60:.0f} min",
                     flush=True,
                 )
         timings_path = self.work / "timings.json"
@@ -554,6 +561,47 @@ class Study:
         from quality_report import write_report
 
         write_report(self, timings)
+
+
+class _Eta:
+    """Remaining time of a study from the cells measured so far.
+
+    A training step costs about `prompt + (K + 1) x answer` tokens per row, so the measured seconds per token of the
+    finished preference cells predict the others; evaluations cost the same for every cell (plus generation for SFT
+    and the K = 15 cells).
+    """
+
+    def __init__(self, cache):
+        rows = [cache._rows[i] for i in range(len(cache))] if cache is not None else []
+        self.prompt = float(np.mean([len(r["prompt_ids"]) for r in rows])) if rows else 380.0
+        self.answer = float(np.mean([len(a) + 1 for r in rows for a in r["answer_ids"]])) if rows else 12.0
+        self.per_token: list[float] = []
+        self.ranking: list[float] = []
+        self.generation: list[float] = []
+
+    def tokens(self, k: int) -> float:
+        return self.prompt + (k + 1) * self.answer
+
+    def trained(self, cell: str, seconds: float) -> None:
+        loss, k = parse_cell(cell)
+        if loss != "sft":
+            self.per_token.append(seconds / self.tokens(k))
+
+    def evaluated(self, record: dict) -> None:
+        self.ranking.append(record["ranking_seconds"])
+        if "generation_seconds" in record:
+            self.generation.append(record["generation_seconds"])
+
+    def remaining(self, cells: list[str]) -> float:
+        total = 0.0
+        for cell in cells:
+            _, k = parse_cell(cell)
+            if self.per_token:
+                total += np.mean(self.per_token) * self.tokens(k)
+            total += np.mean(self.ranking) if self.ranking else 0.0
+            if k == 15 and self.generation:
+                total += np.mean(self.generation)
+        return total
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ bf16 autocast it times, with and without `TrunkCache`:
 - a DynamicPO training step (K = 15 negatives, batch `--rows`, reference log-probs precomputed, AdamW), and
 - scoring the 20 candidates of `--rows` prompts (the ranking evaluation),
 
-and the one-off cost of caching a row. The cached and full log-probs are compared (max |Δ|). A study that trains and
+and the one-off cost of caching a row. The cached and full log-probs are compared (max |Δ|), and on
+`--agreement-rows` other prompts the ranking decisions of bf16 autocast are compared with fp32 (same top-1 candidate,
+same target rank). A study that trains and
 evaluates many models on the same rows pays the trunk once per row instead of once per row and use.
 """
 
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("--trainable-layers", type=int, default=2)
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--agreement-rows", type=int, default=64, help="prompts on which bf16 and fp32 ranking decisions are compared"
+    )
     args = parser.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -125,6 +130,22 @@ def main() -> None:
         model.eval()
         results.append((precision, cache_seconds, full_step, cached_step, full_rank, cached_rank, diff))
 
+    # Does bf16 autocast change the ranking decisions? The same prompts scored in fp32 and in bf16 (full forward).
+    agreement = data["test"].select(sorted(random.Random(1).sample(range(len(data["test"])), args.agreement_rows)))
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with context:
+            scores[precision] = score_candidates(
+                model, tokenizer, agreement["prompt"], agreement["candidates"], batch_size=8, show_progress=False
+            )
+    from trl_dynamicpo.evaluation import target_indices, target_ranks
+
+    target = target_indices(agreement["candidates"], agreement["chosen"])
+    same_top1 = float((scores["fp32"].argmax(1) == scores["bf16"].argmax(1)).mean())
+    same_rank = float((target_ranks(scores["fp32"], target) == target_ranks(scores["bf16"], target)).mean())
+    max_diff = float(abs(scores["fp32"] - scores["bf16"]).max())
+
     print()
     print(
         "| precision | caching (s / row, once) | train step full (s) | train step cached (s) | speed-up "
@@ -137,6 +158,11 @@ def main() -> None:
             f"| {full_rank / args.rows:.3f} | {cached_rank / args.rows:.3f} | {full_rank / cached_rank:.1f}x "
             f"| {diff:.1e} |"
         )
+    print()
+    print(
+        f"bf16 vs fp32 ranking on {args.agreement_rows} other test prompts: same top-1 candidate {same_top1:.1%}, "
+        f"same target rank {same_rank:.1%}, max |Δ score| {max_diff:.2f} nats"
+    )
 
 
 if __name__ == "__main__":

@@ -353,6 +353,10 @@ class EvaluationSection:
         default=False,
         metadata={"help": "Evaluate under bf16 autocast (faster on CPUs with AVX512-BF16; scores move by ~0.1 nat)."},
     )
+    bootstrap_resamples: int = field(
+        default=1000,
+        metadata={"help": "Bootstrap resamples of the 95% intervals of HR@1 / NDCG@10 (0: no intervals)."},
+    )
 
 
 @dataclass

@@ -708,6 +708,7 @@ class RecipeRun:
             "score": cfg.score,
             "separator": self.recipe.data.completion_separator,
             "seed": self.recipe.seed,
+            "bootstrap_resamples": cfg.bootstrap_resamples,
         }
         results: dict[str, Any] = {}
         autocast = (
@@ -892,12 +893,28 @@ def comparison_table(results: dict[str, dict], names: dict[str, str]) -> str:
     for protocol in ("generation", "ranking"):
         key = f"{protocol}/hr@1"
         if all(key in results[m] for m in models) and models:
-            count = results[models[0]].get(f"{protocol}/num_samples", results[models[0]].get("num_samples"))
-            side = " | ".join(f"{names[m]} {_format_number(results[m][key])}" for m in models)
+            first = results[models[0]]
+            count = first.get(f"{protocol}/num_samples", first.get("num_samples"))
+            entries = [(names[m], results[m], protocol) for m in models]
+            if protocol == "ranking":  # the floors, on the same prompts
+                entries += [(label, first, row) for row, label in _BASELINE_LABELS.items() if f"{row}/hr@1" in first]
+            side = " | ".join(f"{name} {_with_interval(res, row)}" for name, res, row in entries)
+            ci = ", 95% CI" if any(f"{row}/hr@1_ci" in res for _, res, row in entries) else ""
             if not lines[-1].startswith("HR@1"):
                 lines.append("")
-            lines.append(f"HR@1 ({protocol}, {count} test prompts): {side}")
+            lines.append(f"HR@1 ({protocol}, {count} test prompts{ci}): {side}")
     return "\n".join(lines)
+
+
+_BASELINE_LABELS = {"baseline_popularity": "popularity", "baseline_random": "random"}
+
+
+def _with_interval(results: dict, row: str) -> str:
+    value = _format_number(results[f"{row}/hr@1"])
+    interval = results.get(f"{row}/hr@1_ci")
+    if interval and all(isinstance(v, (int, float)) for v in interval):
+        return f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return value
 
 
 def summary_table(records: list[StageRecord]) -> str:

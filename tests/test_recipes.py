@@ -498,7 +498,7 @@ def test_rerun_reuses_finished_stages_and_reruns_stale_ones(finished_run, tmp_pa
     assert main([str(path)]) == 0
     assert summary(copy / "out") == dict.fromkeys(STAGES, "reused")
     assert done_ids(copy / "out") == before
-    assert "HR@1 (ranking, 4 test prompts)" in capsys.readouterr().out  # the comparison is printed again
+    assert "HR@1 (ranking, 4 test prompts, 95% CI): SFT" in capsys.readouterr().out  # the comparison is printed again
 
     # A changed evaluation setting makes evaluate (and publish, which reads its results) stale; training is reused.
     assert main([str(path), "--evaluation.max_samples", "3"]) == 0
@@ -643,3 +643,17 @@ def test_two_processes_log_tokens_summed_over_both(tiny_world, tmp_path):
         # 8 rows = 2 steps x 2 rows x 2 processes: one epoch, every row once, counted on whichever process read it.
         assert steps[-1]["step"] == 2 and steps[-1]["epoch"] == pytest.approx(1.0), stage
         assert steps[-1]["num_tokens"] == expected, stage
+
+
+def test_comparison_line_puts_the_baselines_and_intervals_next_to_the_models():
+    from recipes.run import comparison_table
+
+    sft = {"ranking/hr@1": 0.1, "ranking/hr@1_ci": [0.05, 0.15], "ranking/num_samples": 300}
+    sft.update({"baseline_popularity/hr@1": 0.3, "baseline_popularity/hr@1_ci": [0.25, 0.35]})
+    sft.update({"baseline_random/hr@1": 0.1})  # no interval: printed bare
+    final = {"ranking/hr@1": 0.2, "ranking/hr@1_ci": [0.15, 0.25]}
+    line = comparison_table({"sft": sft, "final": final}, {"sft": "SFT", "final": "DynamicPO"}).splitlines()[-1]
+    assert line == (
+        "HR@1 (ranking, 300 test prompts, 95% CI): SFT 0.1000 [0.050, 0.150] | DynamicPO 0.2000 [0.150, 0.250] | "
+        "popularity 0.3000 [0.250, 0.350] | random 0.1000"
+    )

@@ -280,11 +280,8 @@ def generation_metrics(
         raise ValueError("`outputs`, `candidates` and `targets` must have the same length.")
     if len(outputs) == 0:
         raise ValueError("Nothing to evaluate: `outputs` is empty.")
-    predicted = _predicted_indices(outputs, candidates, mode, strict)
+    predicted, predictions, hits = _generation_hits(outputs, candidates, targets, mode, strict)
     valid = predicted >= 0
-    key = normalize_title if mode == "normalized" else (lambda title: title)
-    predictions = [cands[p] if p >= 0 else None for cands, p in zip(candidates, predicted.tolist())]
-    hits = np.array([pred is not None and key(pred) == key(t) for pred, t in zip(predictions, targets)])
     results = {
         "hr@1": float(hits.mean()),
         "valid_ratio": float(valid.mean()),
@@ -895,6 +892,7 @@ def evaluate_recommender(
     show_progress: bool = True,
     trunk_cache=None,
     return_scores: bool = False,
+    bootstrap_resamples: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a recommender LM with the generation and/or ranking protocol, plus baselines.
 
@@ -911,6 +909,9 @@ def evaluate_recommender(
             rows, for the ranking protocol (see [`score_candidates`]).
         return_scores (`bool`, defaults to `False`): Also return the per-prompt results, for paired statistics:
             `ranking/scores` (`[N, A]` candidate scores), `ranking/target_index`, `generation/outputs`.
+        bootstrap_resamples (`int`, defaults to `0`): With `> 0`, 95% percentile-bootstrap intervals over the
+            prompts ([`~trl_dynamicpo.statistics.bootstrap_ci`]): `<row>/hr@1_ci` and `<row>/ndcg@10_ci` for the
+            ranking protocol and the baselines, `generation/hr@1_ci`.
 
     Returns:
         `dict`: Flat results: `generation/hr@1`, `generation/valid_ratio`, `generation/hr@1_valid`,
@@ -965,6 +966,11 @@ def evaluate_recommender(
         results.update(_prefixed("generation", {**metrics, "runtime_s": runtime}))
         if return_scores:
             results["generation/outputs"] = outputs
+        if bootstrap_resamples:
+            from .statistics import bootstrap_ci
+
+            hits = _generation_hits(outputs, candidates, targets, config.match, config.strict_match)[2]
+            results["generation/hr@1_ci"] = list(bootstrap_ci(hits, bootstrap_resamples, seed=config.seed)[1])
     if "ranking" in config.protocols:
         start = time.perf_counter()
         scores = score_candidates(
@@ -987,10 +993,37 @@ def evaluate_recommender(
         if return_scores:
             results["ranking/scores"] = scores
             results["ranking/target_index"] = target_index
+        if bootstrap_resamples:
+            results.update(_ranking_intervals("ranking", scores, target_index, bootstrap_resamples, config.seed))
     if config.baselines:
         rows = [{"candidates": c, "target": t} for c, t in zip(candidates, targets)]
         results.update(baseline_metrics(rows, lookup, seed=config.seed))
+        if bootstrap_resamples:
+            target_index = target_indices(candidates, targets)
+            for name, scores in baseline_scores(candidates, lookup, seed=config.seed).items():
+                results.update(
+                    _ranking_intervals(f"baseline_{name}", scores, target_index, bootstrap_resamples, config.seed)
+                )
     return results
+
+
+def _ranking_intervals(prefix: str, scores, target_index, resamples: int, seed: int) -> dict[str, list[float]]:
+    from .statistics import bootstrap_ci, hits_at, ndcg_at
+
+    ranks = target_ranks(scores, target_index)
+    return {
+        f"{prefix}/hr@1_ci": list(bootstrap_ci(hits_at(ranks, 1), resamples, seed=seed)[1]),
+        f"{prefix}/ndcg@10_ci": list(bootstrap_ci(ndcg_at(ranks, 10), resamples, seed=seed)[1]),
+    }
+
+
+def _generation_hits(outputs, candidates, targets, mode: str, strict: bool):
+    """(predicted index or -1, predicted title or None, per-prompt hit) of generated answers."""
+    predicted = _predicted_indices(outputs, candidates, mode, strict)
+    key = normalize_title if mode == "normalized" else (lambda title: title)
+    predictions = [cands[p] if p >= 0 else None for cands, p in zip(candidates, predicted.tolist())]
+    hits = np.array([pred is not None and key(pred) == key(t) for pred, t in zip(predictions, targets)])
+    return predicted, predictions, hits
 
 
 def _jsonable(value: Any) -> Any:
