@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -355,6 +356,24 @@ def test_push_adapter_folder_and_load_recommender(hub, adapter_folder):
         json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     )
     assert torch.equal(logits_of(PeftModel.from_pretrained(base, repo_id).eval(), make_tokenizer()), expected)
+
+
+def test_push_adapter_folder_uploads_no_token(hub, adapter_folder, tmp_path):
+    # The trainer saves its config (with `hub_token`, when set) as training_args.bin next to the adapter.
+    from trl_dynamicpo import DynamicPOConfig
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter_folder[0], folder)
+    secret = "hf_tokenThatMustNotLeave1234567890"
+    torch.save(DynamicPOConfig(str(tmp_path / "run"), hub_token=secret, report_to=[]), folder / "training_args.bin")
+    assert secret.encode() in (folder / "training_args.bin").read_bytes()
+    repo_id = unique_repo("no-token")
+
+    push_adapter_folder(folder, repo_id)
+
+    files = hub.files(repo_id)
+    assert "adapter_model.safetensors" in files and "training_args.bin" not in files
+    assert not [name for name, data in files.items() if secret.encode() in data]
 
 
 def test_load_recommender_hub_base_offline_and_base_tokenizer(hub, tiny_base, tmp_path, monkeypatch):

@@ -10,8 +10,9 @@ input formats, all normalized to `prompt` / `chosen` / `rejected: list`:
 """
 
 import logging
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trl.data_utils import common_prefix_length
@@ -87,6 +88,9 @@ def normalize_row(row: dict[str, Any], index: int, rejected_columns: Sequence[st
         raise ValueError(f"Row {index}, field `rejected`: expected a list of answers, got {type(rejected).__name__}.")
     if len(rejected) == 0:
         raise ValueError(f"Row {index}, field `rejected`: the list of negatives is empty.")
+    if isinstance(prompt, str) and not prompt.strip():
+        raise ValueError(f"Row {index}, field `prompt`: the prompt is empty.")
+    _check_per_negative_numbers(row, index, len(rejected))
     for position, answer in enumerate([chosen, *rejected]):
         field = "chosen" if position == 0 else f"rejected[{position - 1}]"
         if conversational:
@@ -175,6 +179,27 @@ def tokenize_prompt_answers(
     joint_ids = [tokenizer(text=prompt + text)["input_ids"] + tail for text, tail in zip(texts, eos)]
     prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in joint_ids)
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in joint_ids]
+
+
+def _check_per_negative_numbers(row: Mapping, index: int, num_rejected: int) -> None:
+    """Per-negative columns (teacher scores, reference log-probs) must align with `rejected` and be finite numbers:
+    a short list would misalign every later negative, and one NaN would turn the loss (and the weights) NaN."""
+    for name in ("rejected_scores", "ref_rejected_logps"):
+        values = row.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)) or len(values) != num_rejected:
+            got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            raise ValueError(
+                f"Row {index}, field `{name}`: expected one number per negative ({num_rejected}, aligned with "
+                f"`rejected`), got {got}."
+            )
+        for position, value in enumerate(values):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"Row {index}, field `{name}[{position}]`: expected a finite number, got {value!r}.")
+    value = row.get("ref_chosen_logps")
+    if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ValueError(f"Row {index}, field `ref_chosen_logps`: expected a finite number, got {value!r}.")
 
 
 def _tokenize_conversational(tokenizer, prompt: list[dict], answers) -> tuple[list[int], list[list[int]]]:

@@ -1,5 +1,6 @@
 """Configuration of [`DynamicPOTrainer`]: TRL's `DPOConfig` plus the multi-negative fields."""
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -231,6 +232,20 @@ class DynamicPOConfig(DPOConfig):
                     "`trunk_cache` cannot be combined with `in_batch_negatives`: answers shared from other rows are "
                     "not in this row's cached states."
                 )
+        # Numbers that would train silently wrong (a negative β trains backwards while `rewards/accuracies` reads 1.0;
+        # NaN turns the weights to NaN; an EMA decay >= 1 lets NAPO's margin drift): refuse them here, by name.
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"`beta` must be a finite number > 0, got {self.beta}.")
+        for name in ("napo_gamma0", "napo_alpha", "beta_scale"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"`{name}` must be finite, got {getattr(self, name)}.")
+        if not 0.0 <= self.napo_ema_decay < 1.0:
+            raise ValueError(f"`napo_ema_decay` must lie in [0, 1), got {self.napo_ema_decay}.")
+        if self.label_smoothing:
+            raise ValueError(
+                f"`label_smoothing={self.label_smoothing}` is not supported: the multi-negative losses have no "
+                "label-smoothed (robust DPO) form here. Leave it at 0."
+            )
         if self.boundary_clusters < 1:
             raise ValueError(f"`boundary_clusters` must be at least 1, got {self.boundary_clusters}.")
         if not 0.0 <= self.beta_scale < 1.0:

@@ -345,6 +345,14 @@ class DynamicPOTrainer(DPOTrainer):
             loss = loss + output.losses.mean() * weight
             first_output = first_output or output
 
+        if mode == "train" and not torch.isfinite(loss).all():
+            # Stop before the optimizer writes NaN into the adapter (a NaN loss can be logged as 0.0 by the averaging
+            # of metrics, and every later step then trains a corrupted model).
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}: the adapter was not "
+                "updated with it. Check the rows' log-probs and scores (`rejected_scores`, reference columns) for "
+                "NaN/inf and the learning rate."
+            )
         if mode == "train":
             # Tokens actually fed to the model (padding excluded), summed over processes, cumulative as in TRL.
             tokens = (inputs["segment_ids"] >= 0).sum() if "segment_ids" in inputs else inputs["attention_mask"].sum()

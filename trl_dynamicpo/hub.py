@@ -60,7 +60,9 @@ _TOKENIZER_FILES = [
     "generation_config.json",
 ]
 # Folders a training run leaves next to the adapter that do not belong in the published repo.
-_ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock"]
+# `training_args.bin` is the trainer's pickled config: it holds `hub_token` in plain text when one is set, and nothing
+# that loading the adapter needs, so it never leaves the machine.
+_ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock", "training_args.bin"]
 
 _LOSS_DESCRIPTIONS = {
     "sigmoid": "DPO averaged over the negatives: mean_j −log σ(β (r_w − r_j)) (TRL's sigmoid loss for K = 1)",
