@@ -1,4 +1,5 @@
-"""Shared measurement code of the training-step benchmarks (`forward.py`, `napo.py`).
+"""Shared measurement code of the benchmarks: `median_time` (`lm_head.py`, `trunk_cache.py`) and the per-process
+training-step runs of `forward.py` and `napo.py`.
 
 Each configuration runs in a fresh subprocess so that peak memory is its own: the process loads the model, resets the
 kernel's peak-RSS counter (`/proc/self/clear_refs`), then runs warm-up and timed training steps (reference forward,
@@ -18,6 +19,17 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn`, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _rss_kb(field: str) -> int:

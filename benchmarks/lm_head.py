@@ -11,21 +11,10 @@ ranking batch (forward, no grad) and a training batch (forward + backward), and 
 """
 
 import argparse
-import statistics
-import time
 
 import torch
+from _measure import median_time
 from trl.kernels import ChunkedLogProbFunction
-
-
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -55,8 +44,8 @@ def main() -> None:
                     out.sum().backward()
             outputs[chunk] = out.detach()
 
-        naive = _time(lambda: run(32768), args.repeats)
-        ours = _time(lambda: run(1024), args.repeats)
+        naive = median_time(lambda: run(32768), args.repeats)
+        ours = median_time(lambda: run(1024), args.repeats)
         diff = (outputs[32768] - outputs[1024]).abs().max().item()
         print(f"| {name} | {naive:.3f} | {ours:.3f} | {naive / ours:.1f}x | {diff:.1e} |")
 

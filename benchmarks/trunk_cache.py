@@ -18,7 +18,6 @@ evaluates many models on the same rows pays the trunk once per row instead of on
 import argparse
 import contextlib
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -28,19 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _measure import median_time  # noqa: E402
 
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -93,8 +83,8 @@ def main() -> None:
                     trunk_cache=trunk_cache, show_progress=False,
                 )  # fmt: skip
 
-        full_rank = _median_time(lambda: rank(None), args.repeats)
-        cached_rank = _median_time(lambda cache=cache: rank(cache), args.repeats)
+        full_rank = median_time(lambda: rank(None), args.repeats)
+        cached_rank = median_time(lambda cache=cache: rank(cache), args.repeats)
         diff = float(abs(rank(None) - rank(cache)).max())
 
         # One training step: the chosen answer and 15 negatives per row, loss = DMPO on precomputed reference values.
@@ -125,8 +115,8 @@ def main() -> None:
             optimizer.zero_grad()
 
         model.train()
-        full_step = _median_time(lambda: step(None), args.repeats)
-        cached_step = _median_time(lambda cache=cache: step(cache), args.repeats)
+        full_step = median_time(lambda: step(None), args.repeats)
+        cached_step = median_time(lambda cache=cache: step(cache), args.repeats)
         model.eval()
         results.append((precision, cache_seconds, full_step, cached_step, full_rank, cached_rank, diff))
 
