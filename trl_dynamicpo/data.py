@@ -12,6 +12,7 @@ input formats, all normalized to `prompt` / `chosen` / `rejected: list`:
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,11 +47,17 @@ def check_columns(column_names: Sequence[str]) -> None:
         )
 
 
+def _text_key(text: str) -> str:
+    # NFC so that a title typed with a combining accent (NFD) and its precomposed form are one answer, and stripped so
+    # that " jaws" and "jaws" (which the prompt separator makes the same continuation) are one answer too.
+    return unicodedata.normalize("NFC", text).strip()
+
+
 def _answer_key(answer: Any):
-    """A hashable identity of an answer: the text, or the contents of a conversational answer."""
+    """A hashable identity of an answer: its normalized text, or the contents of a conversational answer."""
     if isinstance(answer, str):
-        return answer
-    return tuple((m.get("role"), str(m.get("content"))) for m in answer)
+        return _text_key(answer)
+    return tuple((m.get("role"), _text_key(str(m.get("content")))) for m in answer)
 
 
 def normalize_row(row: dict[str, Any], index: int, rejected_columns: Sequence[str] = ()) -> dict[str, Any]:
@@ -202,6 +209,21 @@ def _check_per_negative_numbers(row: Mapping, index: int, num_rejected: int) -> 
         raise ValueError(f"Row {index}, field `ref_chosen_logps`: expected a finite number, got {value!r}.")
 
 
+def _check_distinct_token_ids(answer_ids: Sequence[Sequence[int]], index: int) -> None:
+    """The model sees token ids, not text: answers that differ only in ways the tokenizer erases (a trailing EOS text
+    like `"jaws</s>"`, whitespace the separator adds) would make the chosen answer one of its own negatives."""
+    seen: dict[tuple[int, ...], int] = {}
+    for position, ids in enumerate(answer_ids):
+        key = tuple(ids)
+        if key in seen:
+            first = "chosen" if seen[key] == 0 else f"rejected[{seen[key] - 1}]"
+            raise ValueError(
+                f"Row {index}, field `rejected[{position - 1}]`: tokenizes to the same token ids as `{first}` "
+                f"({list(key)[:12]}), so the model cannot tell them apart. Remove the duplicate negative."
+            )
+        seen[key] = position
+
+
 def _tokenize_conversational(tokenizer, prompt: list[dict], answers) -> tuple[list[int], list[list[int]]]:
     def render(messages, **kwargs):
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
@@ -237,6 +259,7 @@ def tokenize_rows(
         prompt_ids, answer_ids = tokenize_prompt_answers(
             tokenizer, row["prompt"], [row["chosen"], *row["rejected"]], separator=separator
         )
+        _check_distinct_token_ids(answer_ids, index)
         if max_length is not None:
             longest = max(len(ids) for ids in answer_ids)
             if len(prompt_ids) + longest > max_length:

@@ -50,6 +50,9 @@ _SIGNATURE_COLUMNS = [
     "trunk_answers",
 ]
 NAPO_STATE_FILE = "napo_state.json"
+# Counters of this trainer that `TrainerState` does not hold, saved with each checkpoint so that a resumed run continues
+# them (today: the cumulative `num_tokens` metric).
+TRAINER_STATE_FILE = "dynamicpo_state.json"
 # Optional input columns carried through tokenization unchanged.
 _PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding", "ref_chosen_logps", "ref_rejected_logps")
 
@@ -61,7 +64,10 @@ class _NegativeResamplingCallback(TrainerCallback):
         self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.epoch = int(round(state.epoch or 0.0))
+        # `state.epoch` is exactly the epoch index at a fresh epoch's start ((e - 1) + n/n), and e + k/n (k < n) when a
+        # run resumes mid-epoch e: floor gives e in both cases (rounding would draw epoch e + 1's negatives for the rest
+        # of epoch e, and the resumed run would train a different model). The 1e-9 only guards float noise.
+        self.collator.epoch = math.floor((state.epoch or 0.0) + 1e-9)
 
 
 class DynamicPOTrainer(DPOTrainer):
@@ -458,16 +464,26 @@ class DynamicPOTrainer(DPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if "napo" in self.loss_types and self.is_world_process_zero():
+        if self.is_world_process_zero():
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            with open(os.path.join(folder, NAPO_STATE_FILE), "w") as f:
-                json.dump(self._napo_state.state_dict(), f)
+            with open(os.path.join(folder, TRAINER_STATE_FILE), "w") as f:
+                json.dump({"num_tokens": self._total_train_tokens}, f)
+            if "napo" in self.loss_types:
+                with open(os.path.join(folder, NAPO_STATE_FILE), "w") as f:
+                    json.dump(self._napo_state.state_dict(), f)
 
     def _load_rng_state(self, checkpoint):
-        # Called by `Trainer` when resuming from `checkpoint`: restore NAPO's running mean with the RNG states.
+        # Called by `Trainer` when resuming from `checkpoint` (at the step it resumes from, before training it): restore
+        # the token count and NAPO's running mean with the RNG states.
         super()._load_rng_state(checkpoint)
-        path = os.path.join(checkpoint, NAPO_STATE_FILE) if checkpoint else None
-        if path and os.path.exists(path):
+        if not checkpoint:
+            return
+        path = os.path.join(checkpoint, TRAINER_STATE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                self._total_train_tokens = int(json.load(f)["num_tokens"])
+        path = os.path.join(checkpoint, NAPO_STATE_FILE)
+        if os.path.exists(path):
             with open(path) as f:
                 self._napo_state.load_state_dict(json.load(f))
 

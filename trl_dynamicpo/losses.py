@@ -534,6 +534,12 @@ def dynamic_boundary_selection(
     return boundary, fallback
 
 
+# Floor of the log-probs `dual_margin_beta` works with (see there): far below the summed log-prob of any real answer
+# (titles have tens of tokens, each above about -100 nats), and small enough that fp32 keeps the differences exact
+# to ~0.1.
+_LOGP_FLOOR = -1.0e6
+
+
 def dual_margin_beta(
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
@@ -595,8 +601,12 @@ def dual_margin_beta(
     out_dtype = rejected_logps.dtype
     # Computed in at least fp32: β is a detached weight, and bf16 differences of log-probs around −50 are coarse.
     work_dtype = torch.promote_types(out_dtype, torch.float32)
-    s_w = chosen_logps.detach().to(work_dtype)[:, None]
-    s_j = rejected_logps.detach().to(work_dtype)
+    # A log-prob of -inf (an answer the model gives zero probability, e.g. through a masked token) would make the
+    # mean over D and every ratio inf/inf = NaN, i.e. NaN for the whole row. Flooring it at a finite value far below any
+    # real answer's log-prob gives the limit of the formula instead (its β tends to β(1 + scale·tanh(1)) and the β of
+    # the row's other negatives of D to β(1 + scale·tanh(-1))). NaN stays NaN so that the trainer's guard names it.
+    s_w = chosen_logps.detach().to(work_dtype)[:, None].clamp_min(_LOGP_FLOOR)
+    s_j = rejected_logps.detach().to(work_dtype).clamp_min(_LOGP_FLOOR)
     s_j = torch.where(mask, s_j, torch.zeros_like(s_j))
 
     discriminative = mask & ~boundary_mask
