@@ -31,6 +31,7 @@ from trl_dynamicpo.losses import (
     dual_margin_beta,
     dynamic_boundary_selection,
     kmeans_1d_top_cluster,
+    mppo_loss,
     napo_loss,
     napo_margin,
     resolve_loss_type,
@@ -61,6 +62,8 @@ CONFIGS = [
     ("dynamicpo", None, None),
     ("napo", False, False),
     ("napo", True, True),
+    ("mppo", False, False),
+    ("mppo", True, True),
 ]
 
 
@@ -137,6 +140,24 @@ def test_napo_loss_hand_computed():
         torch.testing.assert_close(napo_loss(chosen, rejected, mask, beta, gamma), torch.tensor(expected))
     # γ = 0 is S-DPO.
     torch.testing.assert_close(napo_loss(chosen, rejected, mask, beta, 0.0), sdpo_loss(chosen, rejected, mask, beta))
+
+
+def test_mppo_loss_hand_computed():
+    chosen, rejected, mask = _tensors()
+    # −log σ(Σ_j β (p_w − p_j)) on raw probabilities p = exp(s), over the valid negatives.
+    row0 = neg_logsigmoid(2.0 * (math.exp(0.5) - 1.0) + 2.0 * (math.exp(0.5) - math.exp(1.0)))
+    row1 = neg_logsigmoid(sum(2.0 * (math.exp(-1.0) - math.exp(x)) for x in (-2.0, 0.0, 0.5)))
+    torch.testing.assert_close(mppo_loss(chosen, rejected, mask, 2.0), torch.tensor([row0, row1]))
+    # β = 1 over all N negatives is the published form −log σ(N·p_w − Σ_j p_j).
+    probs_w, probs_j = torch.tensor([0.5]), torch.tensor([[0.25, 0.125, 0.0625]])
+    expected = neg_logsigmoid(3 * 0.5 - (0.25 + 0.125 + 0.0625))
+    got = mppo_loss(probs_w.log(), probs_j.log(), torch.ones(1, 3, dtype=torch.bool))
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    # Per-negative β weights each difference.
+    b = torch.tensor([[0.5, 1.5, 7.0], [1.0, 2.0, 3.0]])
+    row0 = neg_logsigmoid(0.5 * (math.exp(0.5) - 1.0) + 1.5 * (math.exp(0.5) - math.exp(1.0)))
+    row1 = neg_logsigmoid(sum(w * (math.exp(-1.0) - math.exp(x)) for w, x in zip((1.0, 2.0, 3.0), (-2.0, 0.0, 0.5))))
+    torch.testing.assert_close(mppo_loss(chosen, rejected, mask, b), torch.tensor([row0, row1]))
 
 
 def test_napo_margin_hand_computed():
@@ -410,6 +431,8 @@ def reference_row_loss(
         loss = sum(-F.logsigmoid(betas[j] * (r_w - r_js[j])) for j in chosen_set) / len(chosen_set)
     elif form == "dmpo":
         loss = -F.logsigmoid(sum(betas[j] * (r_w - r_js[j]) for j in chosen_set) / len(chosen_set))
+    elif form == "mppo":
+        loss = -F.logsigmoid(sum(betas[j] * (torch.exp(r_w) - torch.exp(r_js[j])) for j in chosen_set))
     else:
         lse = torch.log(sum(torch.exp(betas[j] * (r_js[j] - r_w)) for j in chosen_set))
         loss = -F.logsigmoid(-lse - gamma)
@@ -443,7 +466,7 @@ def random_batch(seed: int, batch: int, num_negatives: int):
 def test_compute_matches_per_row_reference(loss_type, boundary_selection, dynamic_beta, num_negatives):
     s_w, s_j, ref_w, ref_j, mask = random_batch(seed=num_negatives, batch=13, num_negatives=num_negatives)
     beta, gamma = 0.9, 0.4
-    napo = loss_type == "napo"
+    napo = loss_type in ("napo", "mppo")  # reference-free: the losses see the policy log-probs
     policy_w = s_w.clone().requires_grad_()
     policy_j = s_j.clone().requires_grad_()
     out = compute_multi_negative_loss(
@@ -479,7 +502,7 @@ def test_compute_matches_per_row_reference(loss_type, boundary_selection, dynami
             beta,
             bs,
             db,
-            gamma=gamma if napo else 0.0,
+            gamma=gamma if loss_type == "napo" else 0.0,
         )
         torch.testing.assert_close(out.losses[b], loss.detach(), msg=f"row {b}")
         assert {valid[i] for i in boundary} == {k for k in range(num_negatives) if out.boundary_mask[b, k]}
@@ -669,7 +692,10 @@ def test_nonboundary_grad_share_matches_autograd(loss_type, boundary_selection, 
     # Autograd on the same loss *without* boundary selection, with the β the loss used.
     rejected = (s_j - ref_j).detach().requires_grad_()
     fn = {"dpo": dpo_loss, "sdpo": sdpo_loss, "dmpo": dmpo_loss, "dynamicpo": dmpo_loss}.get(loss_type)
-    if fn is None:
+    if loss_type == "mppo":  # reference-free: the gradient is with respect to the policy log-probs
+        rejected = s_j.detach().requires_grad_()
+        plain = mppo_loss(s_w, rejected, mask, out.beta)
+    elif fn is None:
         plain = napo_loss(s_w - ref_w, rejected, mask, out.beta, 0.5)
     else:
         plain = fn(s_w - ref_w, rejected, mask, out.beta)
@@ -684,7 +710,7 @@ def test_nonboundary_grad_share_matches_autograd(loss_type, boundary_selection, 
 # resolve_loss_type
 # ----------------------------------------------------------------------------------------------------------------------
 def test_resolve_loss_type_defaults():
-    assert LOSS_TYPES == ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "sft")
+    assert LOSS_TYPES == ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "mppo", "sft")
     assert LOSS_ALIASES == {"sigmoid": "dpo"}
     assert resolve_loss_type("dynamicpo") == ("dynamicpo", True, True)
     assert resolve_loss_type("dynamicpo", True, None) == ("dynamicpo", True, True)
@@ -694,6 +720,7 @@ def test_resolve_loss_type_defaults():
     assert resolve_loss_type("dmpo", boundary_selection=True) == ("dmpo", True, False)
     assert resolve_loss_type("napo", dynamic_beta=True) == ("napo", False, True)
     assert resolve_loss_type("sdpo", True, True) == ("sdpo", True, True)
+    assert resolve_loss_type("mppo", True, True) == ("mppo", True, True)
 
 
 def test_resolve_loss_type_errors():

@@ -10,6 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from trl import DPOConfig, DPOTrainer
 
 from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+from trl_dynamicpo.losses import mppo_loss
 from trl_dynamicpo.packing import answer_logps
 
 from .testing_utils import make_tiny_model, make_tokenizer, tiny_config
@@ -95,6 +96,25 @@ def test_k1_dpo_equals_trl_sigmoid(tokenizer, tmp_path):
     assert ours_loss.item() != pytest.approx(math.log(2), abs=1e-3)  # the policy really differs from the reference
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
         assert ours._metrics["train"][key][-1] == pytest.approx(trl._metrics["train"][key][-1], abs=1e-4), key
+
+
+def test_mppo_is_reference_free_and_matches_the_loss_on_the_batch(tokenizer, tmp_path):
+    trainer = DynamicPOTrainer(
+        make_tiny_model(tokenizer, seed=1),
+        args=config(tmp_path, loss_type=["mppo"], beta=3.0),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
+    batch = first_batch(trainer)
+    assert not trainer._needs_reference(batch)
+    calls = []
+    trainer.compute_ref_log_probs = lambda *args: calls.append(args)  # any reference forward would be recorded
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert calls == []
+    logps = answer_logps(trainer.model, batch)
+    mask = batch["answer_mask"][:, 1:]
+    expected = mppo_loss(logps[:, 0], logps[:, 1:], mask, 3.0).mean()
+    torch.testing.assert_close(loss, expected)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -20,6 +20,7 @@ _LAZY = {
     "sdpo_loss": "losses",
     "dmpo_loss": "losses",
     "napo_loss": "losses",
+    "mppo_loss": "losses",
     "dynamic_boundary_selection": "losses",
     "dual_margin_beta": "losses",
     "LOSS_TYPES": "losses",

@@ -28,8 +28,9 @@ class DynamicPOConfig(DPOConfig):
     Parameters:
         loss_type (`list[str]`, *optional*, defaults to `["dynamicpo"]`):
             Loss(es) among `"dpo"` (alias `"sigmoid"`), `"sdpo"`, `"dmpo"`, `"dynamicpo"` (DMPO with both DynamicPO
-            plug-ins), `"napo"` and `"sft"` (the chosen answer's NLL, as in TRL); several are combined with
-            `loss_weights`. `["sft"]` alone is supervised fine-tuning through the same forward pass (and trunk cache).
+            plug-ins), `"napo"`, `"mppo"` (reference-free, on raw probabilities) and `"sft"` (the chosen answer's NLL,
+            as in TRL); several are combined with `loss_weights`. `["sft"]` alone is supervised fine-tuning through the
+            same forward pass (and trunk cache).
         num_negatives (`int`, *optional*):
             Negatives used per row and step. Rows with more are subsampled (seeded, re-drawn each epoch); rows with
             fewer are masked. `None` uses all.
@@ -88,8 +89,9 @@ class DynamicPOConfig(DPOConfig):
     loss_type: list[str] = field(
         default_factory=lambda: ["dynamicpo"],
         metadata={
-            "help": "Loss(es) among 'dpo' (alias 'sigmoid'), 'sdpo', 'dmpo', 'dynamicpo', 'napo' and 'sft' (the "
-            "chosen answer's NLL per token, as TRL's). Several are combined with `loss_weights`."
+            "help": "Loss(es) among 'dpo' (alias 'sigmoid'), 'sdpo', 'dmpo', 'dynamicpo', 'napo', 'mppo' "
+            "(reference-free, on raw probabilities) and 'sft' (the chosen answer's NLL per token, as TRL's). Several "
+            "are combined with `loss_weights`."
         },
     )
     num_negatives: int | None = field(

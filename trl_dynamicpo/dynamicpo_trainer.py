@@ -1,4 +1,4 @@
-"""[`DynamicPOTrainer`]: TRL's `DPOTrainer` for rows with many negatives (S-DPO, DMPO, NAPO, DynamicPO)."""
+"""[`DynamicPOTrainer`]: TRL's `DPOTrainer` for rows with many negatives (S-DPO, DMPO, NAPO, MPPO, DynamicPO)."""
 
 import contextlib
 import copy
@@ -314,7 +314,7 @@ class DynamicPOTrainer(DPOTrainer):
             ref_model = self.model if self.ref_model is None else self.ref_model
             ref_logps = self.compute_ref_log_probs(ref_model, inputs)
         else:
-            ref_logps = None  # reference-free NAPO with teacher scores: no reference forward at all
+            ref_logps = None  # MPPO, or reference-free NAPO with teacher scores: no reference forward at all
         chosen_logps, rejected_logps = logps[:, 0], logps[:, 1:]
         ref_chosen = None if ref_logps is None else ref_logps[:, 0]
         ref_rejected = None if ref_logps is None else ref_logps[:, 1:]
@@ -379,12 +379,12 @@ class DynamicPOTrainer(DPOTrainer):
 
     def _needs_reference(self, inputs) -> bool:
         for loss_type in self.loss_types:
-            if loss_type == "sft":
+            if loss_type in ("sft", "mppo"):  # the chosen answer's NLL, and MPPO's raw probabilities
                 continue
             if loss_type != "napo" or self.args.napo_use_reference:
                 return True
         # NAPO's confidence score falls back to the reference's probability of each negative.
-        return "rejected_scores" not in inputs
+        return "napo" in self.loss_types and "rejected_scores" not in inputs
 
     # ------------------------------------------------------------------ NAPO
     def _share_in_batch_negatives(self, inputs):

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-r"""Pure, vectorized multi-negative preference losses (DPO, S-DPO, DMPO, NAPO, DynamicPO).
+r"""Pure, vectorized multi-negative preference losses (DPO, S-DPO, DMPO, NAPO, MPPO, DynamicPO).
 
 Every function works on a batch of ``B`` prompts, each with one chosen answer ``w`` and up to ``K`` negatives ``j``,
 given as tensors ``[B]`` (chosen) and ``[B, K]`` (negatives) plus a bool mask ``[B, K]`` (``True`` = valid negative;
@@ -30,6 +30,9 @@ that enter the loss (all valid ones, or the DynamicPO boundary set).
 - NAPO (Ding et al., arXiv:2508.09653), reference-free: ``A = −log Σ_{j∈S} exp(β_j (x_j − x_w))``,
   ``L = −log σ(A − γ)`` with ``x = s`` (or ``x = r``), and an adaptive margin ``γ = γ0 (1 − α (M_b − M))`` where
   ``M_b`` is the batch mean of a teacher's scores of the negatives and ``M`` its running mean.
+- MPPO (listed in the DynamicPO code), reference-free on raw probabilities ``p = exp(s)``:
+  ``L = −log σ(Σ_{j∈S} β_j (p_w − p_j))``; with ``β = 1`` and all ``N`` negatives this is
+  ``−log σ(N·p_w − Σ_j p_j)``.
 - SFT (TRL's `loss_type="sft"` of `DPOTrainer`): the chosen answer's negative log-likelihood per token,
   ``L = −Σ_b s_w,b / Σ_b n_b`` (``n`` = answer tokens), alone (supervised fine-tuning with the same forward pass and
   trunk cache) or added to a preference loss with `loss_weights` (as RPO does).
@@ -55,14 +58,16 @@ import torch
 import torch.nn.functional as F
 
 
-LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "sft")
+LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "mppo", "sft")
 # Losses computed from the negatives (all but "sft", the chosen answer's negative log-likelihood).
-MULTI_NEGATIVE_LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo")
+MULTI_NEGATIVE_LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "mppo")
+# Losses that never use a reference model (NAPO may, with `napo_use_reference`).
+REFERENCE_FREE_LOSS_TYPES = ("mppo",)
 LOSS_ALIASES = {"sigmoid": "dpo"}
 
 # Loss types on which DynamicPO's boundary selection and dynamic beta are defined. "dpo" treats each negative as an
 # independent pair, so there is no set of negatives to select from and no shared temperature to adapt.
-_FLAG_LOSS_TYPES = ("sdpo", "dmpo", "napo")
+_FLAG_LOSS_TYPES = ("sdpo", "dmpo", "napo", "mppo")
 
 # Non-finite log-probs are clamped to this magnitude inside the (detached) k-means so that sorting and squared sums
 # stay finite; real summed log-probs are many orders of magnitude smaller.
@@ -80,6 +85,7 @@ __all__ = [
     "dual_margin_beta",
     "dynamic_boundary_selection",
     "kmeans_1d_top_cluster",
+    "mppo_loss",
     "napo_loss",
     "napo_margin",
     "resolve_loss_type",
@@ -293,6 +299,51 @@ def dmpo_loss(
     margins, mask = _pairwise_margins(chosen_logratios, rejected_logratios, mask, beta)
     has_any = mask.any(dim=-1)
     losses = F.softplus(-_masked_mean(margins, mask))  # = −log σ(mean margin), see dpo_loss
+    return torch.where(has_any, losses, torch.zeros_like(losses))
+
+
+def mppo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    r"""MPPO loss on raw probabilities (reference-free), as listed in the DynamicPO code.
+
+    ``L = −log σ(Σ_{j∈S} β_j (p_w − p_j))`` with ``p = exp(s)``: the chosen answer's probability must exceed each
+    negative's. With ``β = 1`` and all ``N`` valid negatives this is the published ``−log σ(N·p_w − Σ_j p_j)``; a
+    per-negative ``β_j`` (DynamicPO's dynamic β) weights each difference, and boundary selection restricts ``S``.
+    Probabilities of whole answers are small (a 5-token title at −2 nats per token has ``p ≈ 5e−5``), so this loss's
+    gradients are much smaller than those of the log-ratio losses: it usually needs a larger learning rate or ``β``.
+
+    Args:
+        chosen_logps (`torch.Tensor` of shape `[B]`):
+            Summed policy log-prob ``s_w`` of the chosen answer.
+        rejected_logps (`torch.Tensor` of shape `[B, K]`):
+            Summed policy log-probs ``s_j`` of the negatives; values at invalid positions are ignored.
+        mask (`torch.BoolTensor` of shape `[B, K]`):
+            `True` where the negative is valid (the set ``S``).
+        beta (`float` or `torch.Tensor` broadcastable to `[B, K]`, defaults to `1.0`):
+            Weight of each difference, scalar or one per negative.
+
+    Returns:
+        `torch.Tensor` of shape `[B]`: per-row loss, 0 for rows without a valid negative.
+
+    Example:
+
+    >>> import math, torch
+    >>> from trl_dynamicpo.losses import mppo_loss
+    >>> chosen = torch.tensor([math.log(0.5)])
+    >>> rejected = torch.log(torch.tensor([[0.25, 0.125]]))
+    >>> mppo_loss(chosen, rejected, torch.ones(1, 2, dtype=torch.bool))  # -log σ(2·0.5 − (0.25 + 0.125))
+    tensor([0.4287])
+    """
+    mask = _check_shapes(chosen_logps, rejected_logps, mask)
+    # Invalid slots may hold garbage (NaN, +inf): zero their probability before exp so nothing leaks into the graph.
+    rejected_probs = torch.exp(torch.where(mask, rejected_logps, torch.full_like(rejected_logps, float("-inf"))))
+    margins, mask = _pairwise_margins(torch.exp(chosen_logps), rejected_probs, mask, beta)
+    has_any = mask.any(dim=-1)
+    losses = F.softplus(-torch.where(mask, margins, torch.zeros_like(margins)).sum(dim=-1))
     return torch.where(has_any, losses, torch.zeros_like(losses))
 
 
@@ -633,8 +684,8 @@ def resolve_loss_type(
     r"""Validates a loss configuration and returns its canonical name and effective DynamicPO flags.
 
     `None` means "the default for this loss": `True` for `"dynamicpo"`, `False` otherwise. The DynamicPO components
-    (boundary selection, dynamic β) apply to the set-wise losses `"sdpo"`, `"dmpo"` and `"napo"`; `"dynamicpo"` is
-    DMPO with both components on.
+    (boundary selection, dynamic β) apply to the set-wise losses `"sdpo"`, `"dmpo"`, `"napo"` and `"mppo"`;
+    `"dynamicpo"` is DMPO with both components on.
 
     Args:
         loss_type (`str`):
@@ -737,6 +788,7 @@ def _negative_grad_magnitudes(form, chosen, rejected, mask, beta, gamma) -> torc
       dpo:        β_j σ(−m_j) / n
       dmpo:       β_j σ(−mean_j m_j) / n
       sdpo, napo: β_j σ(lse + γ) softmax_j(−m),  lse = logsumexp_j(−m_j), γ = 0 for sdpo
+      mppo:       β_j p_j σ(−Σ_j β_j (p_w − p_j)),  p = exp(x)
     Analytic rather than autograd so that it works under `torch.no_grad()` / `torch.inference_mode()` and never touches
     the training graph.
     """
@@ -748,7 +800,12 @@ def _negative_grad_magnitudes(form, chosen, rejected, mask, beta, gamma) -> torc
     beta = torch.where(mask, beta, torch.zeros_like(beta)).abs()
     has_any = mask.any(dim=-1)
     count = mask.sum(dim=-1).clamp(min=1).to(work_dtype)[:, None]
-    if form == "dpo":
+    if form == "mppo":
+        # Margins of probabilities, not of log-probs: ∂/∂x_j of −log σ(M) with M = Σ β_j (e^{x_w} − e^{x_j}).
+        probs = torch.exp(torch.where(mask, rejected, torch.full_like(rejected, float("-inf"))))
+        prob_margins = torch.where(mask, beta * (torch.exp(chosen)[:, None] - probs), torch.zeros_like(probs))
+        grads = beta * probs * torch.sigmoid(-prob_margins.sum(dim=-1))[:, None]
+    elif form == "dpo":
         grads = beta * torch.sigmoid(-margins) / count
     elif form == "dmpo":
         grads = beta * torch.sigmoid(-_masked_mean(margins, mask))[:, None] / count
@@ -786,7 +843,9 @@ def compute_multi_negative_loss(
       `boundary_selection`.
     - `"dynamicpo"`: DMPO over the boundary set with dual-margin β (arXiv:2605.00327).
     - `"napo"`: [`napo_loss`] with margin `gamma`, on policy log-probs (reference-free) or on log-ratios with
-      `napo_use_reference`. Boundary selection / dynamic β apply to whatever negatives are passed (including negatives
+      `napo_use_reference`.
+    - `"mppo"`: [`mppo_loss`] on the policy's raw probabilities (reference-free; the reference log-probs may be
+      `None` and are ignored). Boundary selection / dynamic β apply to whatever negatives are passed (including negatives
       shared from other rows of the batch).
 
     Boundary selection and the dual-margin β always use policy log-probs ([`dynamic_boundary_selection`],
@@ -853,14 +912,14 @@ def compute_multi_negative_loss(
     form = _loss_form(loss_type)
     mask = _check_shapes(policy_chosen_logps, policy_rejected_logps, mask)
 
-    reference_free = loss_type == "napo" and not napo_use_reference
+    reference_free = loss_type in REFERENCE_FREE_LOSS_TYPES or (loss_type == "napo" and not napo_use_reference)
     if reference_free:
         chosen_scores, rejected_scores = policy_chosen_logps, policy_rejected_logps
     else:
         if ref_chosen_logps is None or ref_rejected_logps is None:
             raise ValueError(
                 f"loss_type={loss_type!r} needs reference log-probs (ref_chosen_logps and ref_rejected_logps); only "
-                "reference-free NAPO (loss_type='napo', napo_use_reference=False) accepts None."
+                "'mppo' and reference-free NAPO (loss_type='napo', napo_use_reference=False) accept None."
             )
         _check_shapes(ref_chosen_logps, ref_rejected_logps, mask)
         chosen_scores = policy_chosen_logps - ref_chosen_logps
@@ -893,6 +952,8 @@ def compute_multi_negative_loss(
         losses = sdpo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
     elif form == "dmpo":
         losses = dmpo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
+    elif form == "mppo":
+        losses = mppo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
     else:
         losses = napo_loss(chosen_scores, rejected_scores, selected_mask, beta_used, gamma)
 
