@@ -10,16 +10,18 @@ Command line: `python dataset_builders/build.py --help`.
 """
 
 from .config import BuildConfig
-from .errors import MissingRawFilesError, RawDataError
+from .errors import AmbiguousRawFilesError, MissingRawFilesError, OutputFolderError, RawDataError
 from .pipeline import BuildResult, build_dataset, run_build
 from .sources import SOURCES, get_source
 
 
 __all__ = [
     "SOURCES",
+    "AmbiguousRawFilesError",
     "BuildConfig",
     "BuildResult",
     "MissingRawFilesError",
+    "OutputFolderError",
     "RawDataError",
     "build_dataset",
     "get_source",

@@ -20,7 +20,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset_builders.config import BuildConfig  # noqa: E402
-from dataset_builders.errors import MissingRawFilesError, RawDataError  # noqa: E402
+from dataset_builders.errors import (  # noqa: E402
+    AmbiguousRawFilesError,
+    MissingRawFilesError,
+    OutputFolderError,
+    RawDataError,
+)
 from dataset_builders.sources import SOURCES  # noqa: E402
 
 
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = BuildConfig(**values)
         run_build(name, output, config)
-    except (RawDataError, MissingRawFilesError, ValueError) as error:
+    # Input and output problems are reported as one message (file, line, what to do), not a traceback.
+    except (RawDataError, MissingRawFilesError, AmbiguousRawFilesError, OutputFolderError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

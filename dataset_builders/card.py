@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .config import SPLITS
+from .output import LAYOUT
 from .sources.base import Source
 
 
@@ -40,8 +41,20 @@ def size_category(rows: int) -> str:
     return next((label for bound, label in _SIZES if rows < bound), "100M<n<1B")
 
 
+def _data_files(info: dict, config: str) -> list[dict]:
+    # The exact files of the build, not a pattern such as `data/train-*.parquet`: a stray shard left in the folder
+    # would match the pattern and be loaded as data.
+    splits = info.get("output", {}).get("configs", LAYOUT)[config]
+    return [{"split": split, "path": paths[0] if len(paths) == 1 else list(paths)} for split, paths in splits.items()]
+
+
+def is_import(info: dict) -> bool:
+    """Whether the build imported already-processed rows (`sdpo-json`) rather than building them from interactions."""
+    return info.get("kind") == "import" or "presplit" in info["notes"]
+
+
 def card_metadata(source: Source, info: dict) -> dict:
-    """The YAML header: license, task, tags, pretty name, and the `default` and `items` configs."""
+    """The YAML header: license, task, tags, pretty name, and the `default` and `items` configs (their exact files)."""
     rows = sum(info["statistics"]["rows"].values())
     return {
         "pretty_name": f"{source.pretty_name} multi-negative preferences (DynamicPO)",
@@ -50,12 +63,8 @@ def card_metadata(source: Source, info: dict) -> dict:
         "tags": ["recommendation", "preference", "dynamicpo"],
         "size_categories": [size_category(rows)],
         "configs": [
-            {
-                "config_name": "default",
-                "default": True,
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS],
-            },
-            {"config_name": "items", "data_files": [{"split": "train", "path": "items/items-*.parquet"}]},
+            {"config_name": "default", "default": True, "data_files": _data_files(info, "default")},
+            {"config_name": "items", "data_files": _data_files(info, "items")},
         ],
     }
 
@@ -66,12 +75,19 @@ def _statistics_table(info: dict) -> str:
     for split in SPLITS:
         span = stats["timestamp_range"][split]
         span_text = f"{span[0]} – {span[1]}" if span else "–"
+        users = stats["users_per_split"][split]
         lines.append(
-            f"| {split} | {stats['rows'][split]:,} | {stats['users_per_split'][split]:,} | "
+            f"| {split} | {stats['rows'][split]:,} | {'–' if users is None else f'{users:,}'} | "
             f"{stats['mean_history_length'][split]:.2f} | {span_text} |"
         )
     lines.append("")
-    lines.append(f"- users: {stats['users']:,}; items: {stats['items']:,}")
+    if stats["users"] is None:
+        lines.append(f"- users: unknown (the records have no `user_id`); items: {stats['items']:,}")
+    else:
+        lines.append(f"- users: {stats['users']:,}; items: {stats['items']:,}")
+    if stats.get("candidates_per_row"):
+        low, high = stats["candidates_per_row"]
+        lines.append(f"- candidates per row: {low}" + (f" to {high}" if high != low else ""))
     if stats.get("interactions_kept") is not None:
         lines.append(f"- interactions kept: {stats['interactions_kept']:,}")
     lines.append(f"- rows whose history has the maximum length: {stats['share_rows_with_full_history']:.1%}")
@@ -85,29 +101,35 @@ def _statistics_table(info: dict) -> str:
     return "\n".join(lines)
 
 
-def _parameters_table(info: dict, keys: tuple[str, ...] | None = None) -> str:
+_IMPORT_PARAMETER_MEANINGS = {
+    "seed": "picks each row's template: numpy default_rng((seed, split, index of the row in its split))",
+    "domain": _PARAMETER_MEANINGS["domain"],
+    "head_share": "share of the training rows' targets covered by the 'head' items",
+    "tail_share": "maximum share of the training rows' targets covered by the 'tail' items",
+}
+
+
+def _parameters_table(info: dict) -> str:
     params = info["parameters"]
+    meanings = _IMPORT_PARAMETER_MEANINGS if is_import(info) else _PARAMETER_MEANINGS
     lines = ["| parameter | value | meaning |", "|---|---|---|"]
-    for key, meaning in _PARAMETER_MEANINGS.items():
-        if key in params and (keys is None or key in keys):
+    for key, meaning in meanings.items():
+        if key in params:
             lines.append(f"| `{key}` | `{params[key]}` | {meaning} |")
     return "\n".join(lines)
-
-
-_PRESPLIT_PARAMETERS = ("seed", "domain", "head_share", "tail_share")
 
 
 def _preprocessing(info: dict) -> str:
     """The preprocessing section: parameters and steps (an import of processed files only renders prompts)."""
     params = info["parameters"]
-    if "presplit" in info["notes"]:
-        table = _parameters_table(info, keys=_PRESPLIT_PARAMETERS)
-        return f"""{table}
+    if is_import(info):
+        return f"""{_parameters_table(info)}
 
-Imported from already-processed files ({", ".join(info["notes"]["input_files"].values())}): splits, histories,
-candidates (in their order) and targets are kept as given; titles are whitespace-normalized; `item_id` is the index of
-a title in order of first appearance; `user_id` is the record's `user_id` or `<split>-<index>`. Only the prompts are
-rendered here (the per-row template choice is seeded by (seed, split, index))."""
+Imported from already-processed files ({", ".join(info["notes"]["input_files"].values())}): the rows are imported
+as given. Their splits, histories, candidates (in their order) and targets are kept; nothing is sampled, filtered or
+re-split here, and no interactions are read. Titles are whitespace-normalized; `item_id` is the index of a title in
+order of first appearance; `user_id` is the record's `user_id`, or `<split>-<index>` when the record has none (users
+are then not counted). Only the prompts are rendered here ({_template_choice(params)})."""
     return f"""{_parameters_table(info)}
 
 1. Items without a title are dropped with their interactions; a title shared by several items gets `" [id <item_id>]"`
@@ -123,6 +145,12 @@ rendered here (the per-row template choice is seeded by (seed, split, index)).""
    target, the target at a random position; each row has its own RNG, so builds are reproducible byte for byte."""
 
 
+def _template_choice(params: dict) -> str:
+    if len(params["templates"]) > 1:
+        return "the per-row template choice is seeded by (seed, split, index)"
+    return "one fixed template"
+
+
 def _split_text(params: dict) -> str:
     if params["split"] == "leave-last-out":
         return "(leave-last-out): each user's last row is test, the row before it validation, the rest train"
@@ -133,6 +161,31 @@ def _split_text(params: dict) -> str:
     )
 
 
+def _intro(info: dict, files: str, source: Source) -> str:
+    if is_import(info):
+        span = info["statistics"].get("candidates_per_row") or [0, 0]
+        negatives = f"{span[0] - 1}" if span[0] == span[1] else f"{span[0] - 1} to {span[1] - 1}"
+        return f"""\
+Recommendation prompts imported as given from already-processed files: each row keeps its record's target as the
+positive (`chosen`) and the record's {negatives} other candidates as negatives (`rejected`), in the format used by
+S-DPO, DMPO and DynamicPO (multi-negative preference optimization). Imported by `dataset_builders` of `trl_dynamicpo`
+from {files}; the rows, their splits and their candidates are those of the files."""
+    return f"""\
+Next-item recommendation prompts with one positive (`chosen`, the item the user really consumed next) and
+{info["parameters"]["num_candidates"] - 1} negatives (`rejected`) among the candidates listed in the prompt, in the
+format used by S-DPO, DMPO and DynamicPO (multi-negative preference optimization). Built by `dataset_builders` of
+`trl_dynamicpo` from the raw files {files} of [{source.pretty_name}]({source.homepage})."""
+
+
+def _train_count_text(info: dict) -> str:
+    if is_import(info):
+        return "`train_count` is the number of training rows whose target is the item."
+    return """\
+`train_count` is the number of interactions with the item that belong to training time: with the time split, the
+kept interactions no later than the last training target (in timestamp, then raw-file order); with leave-last-out,
+each user's interactions before the user's first validation or test target."""
+
+
 def card_text(source: Source, info: dict, example: dict | None, repo_hint: str = "path/to/this/folder") -> str:
     """The complete README.md text."""
     header = yaml.safe_dump(card_metadata(source, info), sort_keys=False, allow_unicode=True, width=1000)
@@ -140,6 +193,8 @@ def card_text(source: Source, info: dict, example: dict | None, repo_hint: str =
     notes = info["notes"]
     files = ", ".join(f"`{record['name']}`" for record in info["source"]["files"])
     note_lines = "\n".join(f"- {key}: {value}" for key, value in notes.items() if key != "input_files")
+    history = "history titles as given in the file" if is_import(info) else "history titles, oldest first"
+    counted = "training rows' targets" if is_import(info) else "training interactions"
     template_blocks = "\n\n".join(f"```text\n{text}\n```" for text in params["templates"])
     example_block = (
         "```json\n" + json.dumps(example, indent=2, ensure_ascii=False) + "\n```" if example else "(no rows)"
@@ -152,10 +207,7 @@ def card_text(source: Source, info: dict, example: dict | None, repo_hint: str =
 
 # {source.pretty_name}: multi-negative preference data for LLM recommenders
 
-Next-item recommendation prompts with one positive (`chosen`, the item the user really consumed next) and
-{params.get("num_candidates", 20) - 1} negatives (`rejected`) among the candidates listed in the prompt, in the format
-used by S-DPO, DMPO and DynamicPO (multi-negative preference optimization). Built by `dataset_builders` of
-`trl_dynamicpo` from the raw files {files} of [{source.pretty_name}]({source.homepage}).
+{_intro(info, files, source)}
 
 ## Source, terms and citation
 
@@ -193,15 +245,13 @@ unique and contain no newline, so every line is exactly one title. The prompt en
 - `chosen` (string): the target title; `target` (string) is the same title.
 - `rejected` (list of strings): the other candidate titles, in prompt order.
 - `candidates` (list of strings): all candidate titles in prompt order (includes the target).
-- `history` (list of strings): history titles, oldest first.
+- `history` (list of strings): {history}.
 - `user_id` (string), `target_id` (string, item id of the target), `timestamp` (int: {info["source"]["timestamp"]}).
 
 Config `items` (split `train`): `item_id`, `title`, `train_count`, `popularity_rank`, `popularity_group`.
-`train_count` is the number of interactions with the item that belong to training time: with the time split, the
-kept interactions no later than the last training target (in timestamp, then raw-file order); with leave-last-out,
-each user's interactions before the user's first validation or test target. `popularity_rank` orders items by
+{_train_count_text(info)} `popularity_rank` orders items by
 `train_count` (1 = most popular; ties by item id). `popularity_group`: items sorted by rank; **head** = the shortest
-prefix of items that together make {params["head_share"]:.0%} of the training interactions; **tail** = the longest
+prefix of items that together make {params["head_share"]:.0%} of the {counted}; **tail** = the longest
 suffix of least popular items that together make at most {params["tail_share"]:.0%} of them (items never seen in
 training are always tail); **mid** = the rest.
 

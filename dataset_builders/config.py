@@ -152,6 +152,14 @@ class BuildConfig:
         default=None, metadata={"help": "Push the built folder to this Hub dataset repository (user/name)."}
     )
     private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an output folder that holds files this builder did not write (a README of your own, a "
+            "save_to_disk dataset, stray files): they are deleted. Without it such a folder is refused; a folder "
+            "holding only a previous build is always replaced."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     verbose: bool = field(default=True, metadata={"help": "Print the summary table at the end."})
 
@@ -182,7 +190,7 @@ class BuildConfig:
 
     def to_dict(self, dataset: str | None = None) -> dict:
         """The parameters that shape the data (paths, Hub and display options left out), for build_info.json."""
-        skip = {"raw_dir", "cache_dir", "offline", "push_to_hub", "private", "progress", "verbose"}
+        skip = {"raw_dir", "cache_dir", "offline", "push_to_hub", "private", "progress", "verbose", "overwrite"}
         if dataset is not None and dataset != "goodreads-ucsd":
             skip.add("genre")
         out = {k: v for k, v in asdict(self).items() if k not in skip}

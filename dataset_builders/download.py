@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import MissingRawFilesError, RawDataError
+from .errors import AmbiguousRawFilesError, MissingRawFilesError, RawDataError
 
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,14 @@ class RawFile:
 class Requirement:
     """A needed input: one of `alternatives`, the first one found being used (they are in order of preference).
 
-    The parser finds the file under `key` if given, else under the name of the alternative that was found.
+    The parser finds the file under `key` if given, else under the name of the alternative that was found. A glob
+    alternative that matches several files is an error (the builder does not guess); with `exclusive`, so is finding
+    more than one alternative (the names are equally good spellings of one input, none preferred).
     """
 
     alternatives: tuple[RawFile, ...]
     key: str | None = None  # name under which the parser finds the file (default: the found alternative's name)
+    exclusive: bool = False
 
     @property
     def downloadable(self) -> bool:
@@ -148,14 +151,33 @@ def _candidates(folder: Path, raw: RawFile) -> list[Path]:
     return paths
 
 
+def _ambiguous(folder: Path, requirement: Requirement, hits: list[Path]) -> AmbiguousRawFilesError:
+    names = ", ".join(alt.name for alt in requirement.alternatives)
+    what = f"the {requirement.key!r} input ({names})" if requirement.key else f"one input ({names})"
+    return AmbiguousRawFilesError(what, [str(path) for path in hits], str(folder))
+
+
 def _search(folder: Path, requirements: list[Requirement]) -> tuple[dict[str, tuple[RawFile, Path]], list]:
+    """The file found for each requirement, and the requirements without one.
+
+    Raises:
+        AmbiguousRawFilesError: a glob matches several files, or an `exclusive` requirement finds several.
+    """
     found, missing = {}, []
     for requirement in requirements:
+        matches: list[tuple[RawFile, Path]] = []
         for alternative in requirement.alternatives:
-            hit = next((path for path in _candidates(folder, alternative) if path.is_file()), None)
-            if hit is not None:
-                found[requirement.key or alternative.name] = (alternative, hit)
-                break
+            hits = [path for path in _candidates(folder, alternative) if path.is_file()]
+            if any(char in alternative.name for char in "*?[") and len(hits) > 1:
+                raise _ambiguous(folder, requirement, hits)
+            matches += [(alternative, hits[0])] if hits else []
+            if hits and not requirement.exclusive:
+                break  # alternatives are in order of preference: the first one found is meant
+        if len({path.resolve() for _, path in matches}) > 1:
+            raise _ambiguous(folder, requirement, [path for _, path in matches])
+        if matches:
+            alternative, hit = matches[0]
+            found[requirement.key or alternative.name] = (alternative, hit)
         else:
             missing.append(requirement)
     return found, missing
@@ -242,6 +264,19 @@ def _fetch(cache: Path, requirement: Requirement, progress: bool, downloaded: di
     raise RawDataError(downloaded[first], None, "the download lacks " + requirement.describe())
 
 
+def _raw_dir_hint(missing: list[Requirement]) -> str:
+    """What to do about files missing from `--raw-dir`: download what has a download, provide the rest yourself."""
+    hints = []
+    if any(requirement.downloadable for requirement in missing):
+        hints.append("Download and extract the archive(s) above into that folder, or omit --raw-dir to download them.")
+    if not all(requirement.downloadable for requirement in missing):
+        hints.append(
+            "Files marked 'no official download' cannot be downloaded: copy them into that folder under one of the "
+            "names listed, or pass --raw-dir the folder that holds them."
+        )
+    return " ".join(hints)
+
+
 def resolve_raw_files(
     dataset: str,
     requirements: list[Requirement],
@@ -280,8 +315,7 @@ def resolve_raw_files(
         found, missing = _search(folder, requirements)
         origin = "raw_dir"
         if missing:
-            hint = "Download and extract the archive(s) above into that folder, or omit --raw-dir to download them."
-            raise MissingRawFilesError(dataset, [r.describe() for r in missing], [str(folder)], hint)
+            raise MissingRawFilesError(dataset, [r.describe() for r in missing], [str(folder)], _raw_dir_hint(missing))
     else:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         folder = folder / dataset

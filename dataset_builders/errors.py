@@ -68,3 +68,57 @@ class MissingRawFilesError(FileNotFoundError):
 
     def __reduce__(self):
         return (type(self), (self.dataset, self.missing, self.searched, self.hint))
+
+
+class AmbiguousRawFilesError(ValueError):
+    """Several raw files match one needed input, and the builder cannot tell which one the user means.
+
+    Picking one (e.g. the alphabetically first) would silently build from the wrong data, so every match is listed.
+
+    Args:
+        what (`str`):
+            The input that is ambiguous, e.g. `"the 'test' split (test.json, *-test.json, ...)"`.
+        paths (`list[str]`):
+            Every file that matches it.
+        folder (`str`):
+            The folder that was searched.
+    """
+
+    def __init__(self, what: str, paths: list[str], folder: str):
+        self.what = what
+        self.paths = list(paths)
+        self.folder = str(folder)
+        lines = [f"{len(self.paths)} files in {self.folder} match {what}:"]
+        lines += [f"  - {path}" for path in self.paths]
+        lines.append(
+            "The builder does not guess which one to use. Keep only the file you want in that folder (move the "
+            "others elsewhere), or pass --raw-dir (raw_dir=) a folder that holds only the files of one dataset."
+        )
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):
+        return (type(self), (self.what, self.paths, self.folder))
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be used: it is a file, or it holds files that a previous build did not write.
+
+    Raised before any raw file is read, so that nothing is parsed, written or deleted.
+
+    Args:
+        folder (`str`):
+            The output folder.
+        message (`str`):
+            What is wrong and how to proceed.
+        foreign (`list[str]`, *optional*):
+            Files in the folder (relative paths) that this builder did not write.
+    """
+
+    def __init__(self, folder: str, message: str, foreign: list[str] | None = None):
+        self.folder = str(folder)
+        self.reason = message
+        self.foreign = list(foreign or [])
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.folder, self.reason, self.foreign))

@@ -17,7 +17,8 @@ Steps (parameters in [`BuildConfig`]):
    `numpy.random.default_rng((seed, hash(user_id), position of the target in the user's sequence))`, so a row does not
    depend on any other row and the same seed gives byte-identical Parquet files.
 5. Prompt. A domain template (one fixed by default, or rotated per row), one title per line, ending with "Answer:".
-6. Output. Parquet `DatasetDict` + `items` table + dataset card + `build_info.json`; optional push to the Hub.
+6. Output. Parquet `DatasetDict` + `items` table + dataset card + `build_info.json` (listing every file), written
+   beside the output folder and swapped into place when complete (`output.py`); optional push to the Hub.
 
 Leakage is asserted on every build: every history item belongs to the row's user with timestamp <= the target's, no
 target appears in its own history, and the time split is ordered.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +43,7 @@ from tqdm import tqdm
 from .config import SPLITS, BuildConfig
 from .download import resolve_raw_files
 from .errors import RawDataError
+from .output import BUILD_INFO, BUILDER, LAYOUT, check_output_dir, file_hashes, make_staging_dir, replace_folder
 from .sources import InteractionData, PresplitData, get_source
 from .sources.base import Source
 from .templates import resolve_templates
@@ -526,7 +529,20 @@ def presplit_rows(data: PresplitData, config: BuildConfig, n_templates: int) -> 
     titles = list(title_index)
     catalog = Catalog(ids=np.asarray([str(i) for i in range(len(titles))], dtype=object), titles=titles)
     train_counts = np.bincount(rows.target[rows.split == 0], minlength=len(catalog))
-    return rows, catalog, {"train_counts": train_counts, "users": len(set(users))}
+    # Users are known only when every record names its user: the `<split>-<index>` stand-ins are one per row, and
+    # counting them would report as many users as rows.
+    known = all(record.user_id is not None for name in SPLITS for record in data.splits[name])
+    users_per_split = {
+        name: len({record.user_id for record in data.splits[name]}) if known else None for name in SPLITS
+    }
+    lengths = np.diff(rows.cand_offsets)
+    extra = {
+        "train_counts": train_counts,
+        "users": len(set(users)) if known else None,
+        "users_per_split": users_per_split,
+        "candidates_per_row": [int(lengths.min()), int(lengths.max())] if total else None,
+    }
+    return rows, catalog, extra
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -589,16 +605,56 @@ def _split_statistics(rows: Rows) -> dict:
 # Orchestration
 
 
+_IMPORT_NOTE = (
+    "rows imported as given: splits, histories, candidates (in their order) and targets come from the files; no "
+    "interactions are read, no candidates are sampled and nothing is re-split, so min_rating, k_core, min_history, "
+    "max_history, split, split_ratios, num_candidates, negative_sampling and on_unknown_item do not apply; users are "
+    "counted only when every record has a user_id; train_count = number of training rows whose target is the item"
+)
+
+
+def _import_parameters(config: BuildConfig, domain: str, templates) -> dict:
+    """The parameters that shape an imported (pre-split) dataset: only the prompts and the item groups."""
+    parameters = {"domain": domain, "templates": [t.text for t in templates]}
+    if len(templates) > 1:  # the seed only picks each row's template
+        parameters["seed"] = config.seed
+    parameters.update(head_share=config.head_share, tail_share=config.tail_share)
+    return parameters
+
+
+def _write_output(
+    folder: Path, tables: dict, items_table: pa.Table, info: dict, source: Source, repo_hint: str, progress: bool
+) -> None:
+    """Write the Parquet files, the card and `build_info.json` (listing every file with its SHA-256) to `folder`."""
+    from .card import write_card
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "items").mkdir(parents=True, exist_ok=True)
+    for split_name, table in tqdm(tables.items(), desc="write parquet", disable=not progress, leave=False):
+        pq.write_table(table, folder / LAYOUT["default"][split_name][0])
+    pq.write_table(items_table, folder / LAYOUT["items"]["train"][0])
+    example_split = next((s for s in SPLITS if len(tables[s])), None)
+    example = tables[example_split].slice(0, 1).to_pylist()[0] if example_split else None
+    write_card(folder, source, info, example, repo_hint=repo_hint)
+    written = ["README.md", *(path for config in LAYOUT.values() for paths in config.values() for path in paths)]
+    info["output"]["files"] = file_hashes(folder, written)
+    (folder / BUILD_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
+
+
 def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = None) -> BuildResult:
-    """Build dataset `name` into `output_dir` and return a [`BuildResult`] (see [`build_dataset`])."""
+    """Build dataset `name` into `output_dir` and return a [`BuildResult`] (see [`build_dataset`]).
+
+    The folder is written next to `output_dir` and swapped into place when complete (see `dataset_builders.output`):
+    a failed build leaves the previous content as it was. A folder holding files that no build wrote is refused
+    before any raw file is read, unless `config.overwrite`.
+    """
     from datasets import Dataset, DatasetDict, NamedSplit
     from datasets.table import InMemoryTable
-
-    from .card import write_card
 
     config = config or BuildConfig()
     source: Source = get_source(name)
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, config.overwrite, config.raw_dir)  # before any work: a refused folder costs nothing
     timer = _Timer()
 
     files = resolve_raw_files(
@@ -618,16 +674,14 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
     dropped: dict[str, int] = {}
     notes = dict(data.notes)
 
-    if isinstance(data, PresplitData):
+    imported = isinstance(data, PresplitData)
+    if imported:
         rows, catalog, extra = presplit_rows(data, config, len(templates))
         train_counts = extra["train_counts"]
         counts = {"users": extra["users"], "items": len(catalog), "interactions_read": None, "interactions_kept": None}
-        notes["presplit"] = (
-            "splits, histories and candidates taken from the files; min_history, max_history, k_core, split, "
-            "num_candidates and negative_sampling do not apply; train_count = number of training rows whose target is "
-            "the item"
-        )
+        notes["presplit"] = _IMPORT_NOTE
         notes["input_files"] = data.files
+        parameters = _import_parameters(config, domain, templates)
         timer.lap("sequences + split")
     else:
         dropped.update(data.counts)
@@ -641,6 +695,7 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
             "interactions_read": len(data.interactions),
             "interactions_kept": extra["interactions"],
         }
+        parameters = {**config.to_dict(source.name), "domain": domain, "templates": [t.text for t in templates]}
         timer.lap("sequences + split")
         weights = train_counts + 1.0 if config.negative_sampling == "popularity" else None
         sample_candidates(rows, extra["position"], len(catalog), config, weights, len(templates))
@@ -654,17 +709,14 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
         tables[split_name] = split_table(rows, which, catalog, templates, config.progress, split_name)
     timer.lap("prompts")
 
-    (output_dir / "data").mkdir(parents=True, exist_ok=True)
-    (output_dir / "items").mkdir(parents=True, exist_ok=True)
-    for split_name, table in tqdm(tables.items(), desc="write parquet", disable=not config.progress, leave=False):
-        pq.write_table(table, output_dir / "data" / f"{split_name}-00000-of-00001.parquet")
-    items_table = pa.Table.from_pandas(items, preserve_index=False)
-    pq.write_table(items_table, output_dir / "items" / "items-00000-of-00001.parquet")
-
     statistics = {**counts, **_split_statistics(rows)}
+    if imported:
+        statistics["users_per_split"] = extra["users_per_split"]
+        statistics["candidates_per_row"] = extra["candidates_per_row"]
     statistics["item_groups"] = {g: int((items["popularity_group"] == g).sum()) for g in ("head", "mid", "tail")}
     info = {
         "dataset": name,
+        "kind": "import" if imported else "build",
         "source": {
             "name": source.pretty_name,
             "homepage": source.homepage,
@@ -673,17 +725,34 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
             "files": files.records,
             "timestamp": source.timestamp_meaning,
         },
-        "parameters": {**config.to_dict(source.name), "domain": domain, "templates": [t.text for t in templates]},
+        "parameters": parameters,
         "statistics": statistics,
         "dropped": dropped,
         "notes": notes,
         "columns": COLUMNS,
         "prompt_list_format": "one title per line, verbatim (whitespace-normalized), no quotes or numbering",
+        # Exactly the files of each config: readers take these, not a glob that would also pick up a stray file.
+        "output": {
+            "builder": BUILDER,
+            "configs": {
+                config_name: {s: list(p) for s, p in splits.items()} for config_name, splits in LAYOUT.items()
+            },
+            "files": {},
+        },
     }
-    (output_dir / "build_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    example_split = next((s for s in SPLITS if len(tables[s])), None)
-    example = tables[example_split].slice(0, 1).to_pylist()[0] if example_split else None
-    write_card(output_dir, source, info, example, repo_hint=config.push_to_hub)
+    items_table = pa.Table.from_pandas(items, preserve_index=False)
+    # Write a complete folder beside the output and swap it in: a failure (or a kill) before the swap leaves the
+    # previous dataset as it was, never a mix of old and new files.
+    staging = make_staging_dir(output_dir)
+    try:
+        _write_output(
+            staging, tables, items_table, info, source, config.push_to_hub or str(output_dir), config.progress
+        )
+        check_output_dir(output_dir, config.overwrite, config.raw_dir)  # it may have changed during the build
+        replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     timer.lap("write")
 
     # An explicit fingerprint: otherwise `datasets` hashes every table (over a second for MovieLens 100K).
@@ -723,9 +792,10 @@ def format_summary(result: BuildResult) -> str:
     info, stats = result.info, result.info["statistics"]
     kept = stats["interactions_kept"]
     read = stats.get("interactions_read")
+    users = f"{stats['users']:>12,}" if stats["users"] is not None else f"{'unknown':>12}  (records have no user_id)"
     lines = [
         f"Built {info['dataset']} -> {result.output_dir}",
-        f"  {'users':<22}{stats['users']:>12,}",
+        f"  {'users':<22}{users}",
         f"  {'items':<22}{stats['items']:>12,}",
     ]
     if kept is not None:
@@ -738,9 +808,11 @@ def format_summary(result: BuildResult) -> str:
             lines.append(f"  {key:<22}{value}")
     lines.append(f"  {'split':<12}{'rows':>12}{'users':>10}{'mean history':>15}")
     for split_name in SPLITS:
+        split_users = stats["users_per_split"][split_name]
         lines.append(
-            f"  {split_name:<12}{stats['rows'][split_name]:>12,}{stats['users_per_split'][split_name]:>10,}"
-            f"{stats['mean_history_length'][split_name]:>15.2f}"
+            f"  {split_name:<12}{stats['rows'][split_name]:>12,}"
+            + (f"{split_users:>10,}" if split_users is not None else f"{'-':>10}")
+            + f"{stats['mean_history_length'][split_name]:>15.2f}"
         )
     total = result.timings.get("total", 0.0)
     stages = " | ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "total")
@@ -756,7 +828,8 @@ def build_dataset(
     Args:
         name (`str`): dataset, one of `dataset_builders.SOURCES` (`movielens-100k`, `movielens-1m`,
             `movielens-latest-small`, `lastfm-hetrec`, `goodreads-ucsd`, `goodbooks-10k`, `sdpo-json`).
-        output_dir (`str` or `Path`): output folder (created; existing files of the same names are overwritten).
+        output_dir (`str` or `Path`): output folder. It is created, or replaced as a whole when it holds a previous
+            build; a folder holding other files is refused unless `overwrite=True` (see `dataset_builders.output`).
         config ([`BuildConfig`], *optional*): parameters; keyword `overrides` replace its fields.
 
     Returns:

@@ -8,6 +8,7 @@ milliseconds; only when a problem is found is the file re-scanned line by line t
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -50,8 +51,85 @@ def read_raw_bytes(path: str | Path) -> bytes:
     return data
 
 
-def decode_text(data: bytes, path: str | Path, encoding: str) -> str:
+# Encodings in which every byte sequence decodes: a file in another encoding is read without error but garbled, so
+# these are checked for UTF-8 content ("Les MisÃ©rables" is UTF-8 read as Latin-1).
+_SINGLE_BYTE = {"latin-1", "latin1", "latin_1", "iso-8859-1", "iso8859-1", "l1", "cp1252", "windows-1252"}
+
+
+def _reject_wide_encoding(data: bytes, path: str | Path, encoding: str) -> None:
+    """A UTF-16 / UTF-32 file (byte-order mark or NUL bytes between characters), or NUL bytes in a text file."""
+    head = data[:4096]
+    try:  # the name iconv knows ("latin-1" is "ISO-8859-1" there)
+        iconv_name = codecs.lookup(encoding).name.upper().replace("ISO8859", "ISO-8859")
+    except LookupError:
+        iconv_name = encoding.upper()
+    fix = f"convert it to {encoding} (e.g. `iconv -f UTF-16 -t {iconv_name} FILE > FILE.new`) or use the "
+    fix += "official file"
+    for bom, name in (
+        (b"\xff\xfe\x00\x00", "UTF-32"),
+        (b"\x00\x00\xfe\xff", "UTF-32"),
+        (b"\xff\xfe", "UTF-16"),
+        (b"\xfe\xff", "UTF-16"),
+    ):
+        if head.startswith(bom):
+            raise RawDataError(
+                path,
+                None,
+                f"the file is {name} encoded (it starts with the byte-order mark {bom.hex(' ').upper()}), but this "
+                f"format is {encoding} text: {fix.replace('UTF-16', name)}",
+            )
+    position = data.find(b"\x00")
+    if position < 0:
+        return
+    if head.count(0) * 4 >= len(head):  # every other byte NUL: ASCII text as UTF-16 without a byte-order mark
+        raise RawDataError(
+            path,
+            None,
+            f"the file looks UTF-16 encoded (NUL bytes between the characters), but this format is "
+            f"{encoding} text: {fix}",
+        )
+    line = data.count(b"\n", 0, position) + 1
+    raise RawDataError(path, line, "NUL byte in a text file (a truncated or corrupt copy?): use the official file")
+
+
+def _reject_utf8_read_as_single_byte(data: bytes, path: str | Path, encoding: str, hint: str) -> None:
+    """Refuse UTF-8 content where a single-byte encoding is expected: it would decode silently into mojibake."""
+    if encoding.lower() not in _SINGLE_BYTE or data.isascii():
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # not UTF-8: a genuine single-byte file
+    index = next(i for i, char in enumerate(text) if ord(char) > 127)
+    line_start = text.rfind("\n", 0, index) + 1
+    line_end = text.find("\n", index)
+    line = text[line_start : line_end if line_end >= 0 else len(text)].rstrip("\r")
+    column = index - line_start
+    shown = line[max(0, column - 30) : column + 30]
+    garbled = shown.encode("utf-8").decode(encoding, errors="replace")
+    number = text.count("\n", 0, index) + 1
+    hint = hint or f"convert it back to {encoding} or use the official file"
+    raise RawDataError(
+        path,
+        number,
+        f"the file is UTF-8 encoded, but the official file is {encoding}: read as {encoding}, {shown!r} would become "
+        f"{garbled!r}. The file was probably re-encoded; {hint}.",
+    )
+
+
+def decode_text(data: bytes, path: str | Path, encoding: str, *, detect_utf8: bool = True, utf8_hint: str = "") -> str:
     """Decode bytes, reporting the line of the first undecodable byte.
+
+    A UTF-16 / UTF-32 file, and (for single-byte encodings such as Latin-1, where every byte decodes) a UTF-8 file,
+    are refused with a message naming the encoding problem instead of being decoded into garbage.
+
+    Args:
+        data (`bytes`): the file's content.
+        path (`str` or `Path`): the file (named in errors).
+        encoding (`str`): the expected encoding.
+        detect_utf8 (`bool`): refuse UTF-8 content when `encoding` is a single-byte encoding (turn off when the user
+            chose the encoding explicitly).
+        utf8_hint (`str`): how to fix a UTF-8 file, e.g. "pass raw_encoding='utf-8' (--raw-encoding utf-8)".
 
     Example:
     ```python
@@ -61,6 +139,9 @@ def decode_text(data: bytes, path: str | Path, encoding: str) -> str:
     dataset_builders.errors.RawDataError: f.txt, line 2: cannot decode byte 0xe9 as utf-8 ...
     ```
     """
+    _reject_wide_encoding(data, path, encoding)
+    if detect_utf8:
+        _reject_utf8_read_as_single_byte(data, path, encoding, utf8_hint)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
@@ -95,6 +176,8 @@ def read_delimited(
     encoding: str,
     header: list[str] | None = None,
     usecols: list[str] | None = None,
+    detect_utf8: bool = True,
+    utf8_hint: str = "",
 ) -> pd.DataFrame:
     """Read an unquoted delimited file (tab, `|`, `,` without quotes, `::`) with strict field counts.
 
@@ -105,6 +188,7 @@ def read_delimited(
         encoding (`str`): text encoding of the official file.
         header (`list[str]`, *optional*): the expected header line, if the format has one; it is checked.
         usecols (`list[str]`, *optional*): the columns to return (default: all).
+        detect_utf8 (`bool`), utf8_hint (`str`): see [`decode_text`].
 
     Returns:
         `pd.DataFrame`: one string column per requested field, plus `line` (1-based line number in the file).
@@ -120,7 +204,7 @@ def read_delimited(
     """
     path = Path(path)
     data = read_raw_bytes(path)
-    decode_text(data, path, encoding)  # only to report the line of a decoding error
+    decode_text(data, path, encoding, detect_utf8=detect_utf8, utf8_hint=utf8_hint)  # errors only
     if len(sep) > 1:
         data = data.replace(sep.encode("ascii"), _UNIT_SEPARATOR.encode("ascii"))
         shown_sep, sep = sep, _UNIT_SEPARATOR
@@ -164,7 +248,9 @@ def read_delimited(
     return frame
 
 
-def read_quoted_csv(path: str | Path, *, encoding: str, required: list[str]) -> pd.DataFrame:
+def read_quoted_csv(
+    path: str | Path, *, encoding: str, required: list[str], detect_utf8: bool = True, utf8_hint: str = ""
+) -> pd.DataFrame:
     """Read a CSV file with a header and RFC-4180 quoting (titles with commas), line by line with `csv`.
 
     Meant for item files (thousands of lines); interaction files without quotes go through [`read_delimited`].
@@ -173,12 +259,15 @@ def read_quoted_csv(path: str | Path, *, encoding: str, required: list[str]) -> 
         path (`str` or `Path`): the file.
         encoding (`str`): text encoding.
         required (`list[str]`): header columns that must be present; only these are returned.
+        detect_utf8 (`bool`), utf8_hint (`str`): see [`decode_text`].
 
     Returns:
         `pd.DataFrame`: the required columns (strings) and `line` (line where each record starts).
     """
     path = Path(path)
-    text = decode_text(read_raw_bytes(path), path, encoding).lstrip("\ufeff")  # tolerate a byte-order mark
+    data = read_raw_bytes(path)
+    # tolerate a UTF-8 byte-order mark
+    text = decode_text(data, path, encoding, detect_utf8=detect_utf8, utf8_hint=utf8_hint).lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader)
     missing = [name for name in required if name not in header]
@@ -261,6 +350,12 @@ def read_json_lines(
     path = Path(path)
     if path.stat().st_size == 0:
         raise RawDataError(path, 1, "file is empty")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            _reject_wide_encoding(handle.read(4096), path, "utf-8")  # JSON lines are UTF-8
+    except (OSError, EOFError):
+        pass  # a corrupt .gz: reported below, with the parser's message
     kinds = {"string": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
     schema = pa.schema([(name, kinds[kind]) for name, kind in fields.items()])
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")

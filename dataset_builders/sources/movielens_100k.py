@@ -14,6 +14,7 @@ from .movielens_common import (
     MOVIELENS_CITATION,
     MOVIELENS_LICENSE,
     MOVIELENS_TERMS,
+    UTF8_TITLES_HINT,
     normalize_movielens_title,
     read_movielens_ratings,
 )
@@ -54,6 +55,9 @@ class MovieLens100K(Source):
             columns=_ITEM_COLUMNS,
             encoding=config.raw_encoding or "latin-1",
             usecols=["item", "title"],
+            # A UTF-8 copy decodes as Latin-1 without error, into "Les MisÃ©rables": refuse it unless chosen.
+            detect_utf8=config.raw_encoding is None,
+            utf8_hint=UTF8_TITLES_HINT,
         )
         require_values(items, "item", items_path)
         items["title"] = items["title"].map(normalize_movielens_title)

@@ -12,6 +12,7 @@ from .movielens_common import (
     MOVIELENS_CITATION,
     MOVIELENS_LICENSE,
     MOVIELENS_TERMS,
+    UTF8_TITLES_HINT,
     normalize_movielens_title,
     read_movielens_ratings,
 )
@@ -45,6 +46,8 @@ class MovieLens1M(Source):
             columns=["item", "title", "genres"],
             encoding=config.raw_encoding or "latin-1",
             usecols=["item", "title"],
+            detect_utf8=config.raw_encoding is None,  # a UTF-8 copy would decode into mojibake titles
+            utf8_hint=UTF8_TITLES_HINT,
         )
         require_values(movies, "item", movies_path)
         movies["title"] = movies["title"].map(normalize_movielens_title)

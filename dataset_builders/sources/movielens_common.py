@@ -78,6 +78,9 @@ MOVIELENS_TERMS = (
     "yourself from the official archive rather than publishing it."
 )
 
+# How to read an item file that was re-encoded to UTF-8 (the official files are Latin-1).
+UTF8_TITLES_HINT = "pass raw_encoding='utf-8' (--raw-encoding utf-8) to read it as UTF-8, or use the official file"
+
 MOVIELENS_CITATION = (
     "F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and Context. ACM Transactions on "
     "Interactive Intelligent Systems (TiiS) 5, 4, Article 19. https://doi.org/10.1145/2827872"

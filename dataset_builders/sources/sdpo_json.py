@@ -121,8 +121,11 @@ class SDPOJson(Source):
 
     def requirements(self, config):
         return [
+            # Exclusive: `test.json` next to `lastfm-test.json` (or two `*-test.json`) are two datasets, none preferred.
             Requirement(
-                tuple(RawFile(f"{stem}.{ext}", None) for ext in ("json", "jsonl") for stem in stems), key=split
+                tuple(RawFile(f"{stem}.{ext}", None) for ext in ("json", "jsonl") for stem in stems),
+                key=split,
+                exclusive=True,
             )
             for split, stems in _SPLIT_FILES.items()
         ]

@@ -65,8 +65,11 @@ def test_dataset_card(built):
     assert card.data.tags == ["recommendation", "preference", "dynamicpo"]
     assert card.data.pretty_name.startswith("MovieLens 100K")
     configs = {c["config_name"]: c for c in card.data.configs}
-    assert configs["default"]["data_files"] == [{"split": s, "path": f"data/{s}-*.parquet"} for s in SPLITS]
-    assert configs["items"]["data_files"] == [{"split": "train", "path": "items/items-*.parquet"}]
+    # Exact files, not globs: a stale shard left in the folder must not be read (tests/reliability).
+    assert configs["default"]["data_files"] == [
+        {"split": s, "path": f"data/{s}-00000-of-00001.parquet"} for s in SPLITS
+    ]
+    assert configs["items"]["data_files"] == [{"split": "train", "path": "items/items-00000-of-00001.parquet"}]
     text = card.text
     assert "F. Maxwell Harper and Joseph A. Konstan. 2015." in text  # citation
     assert f'load_dataset("{built.output_dir}", "items")' in text
