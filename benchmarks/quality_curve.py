@@ -17,6 +17,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,16 +74,59 @@ def main(argv: list[str] | None = None) -> int:
         hr, ci = bootstrap_ci(hits_at(target_ranks(scores, target_index), 1), base.bootstrap_resamples, seed=base.seed)
         oracle.append({"train_rows": n, "hr@1": hr, "hr@1_ci": list(ci)})
     floors = {}
-    for name, scores in baseline_scores(study.eval["candidates"], study.items, seed=base.seed).items():
+    baselines = baseline_scores(study.eval["candidates"], study.items, seed=base.seed)
+    for name, scores in baselines.items():
         floors[name] = float(hits_at(target_ranks(scores, target_index), 1).mean())
 
+    # Does a model know anything popularity does not? Add its scores to λ·log(1 + train count) and compare with
+    # popularity alone on the same prompts, λ cross-fitted (chosen on the even prompts for the odd ones and back).
+    fusion = []
+    for point in points:
+        scores = np.load(Path(base.work_dir) / f"rows-{point['train_rows']}" / "cells" / point["name"] / "scores.npy")
+        fusion.append(
+            {"train_rows": point["train_rows"], "name": point["name"],
+             **popularity_fusion(scores, baselines["popularity"], target_index, base.bootstrap_resamples, base.seed)}
+        )  # fmt: skip
+
     result = {"split": base.eval_split, "num_prompts": len(target_index), "cells": points, "oracle": oracle,
-              "baselines": floors}  # fmt: skip
+              "baselines": floors, "popularity_fusion": fusion}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     quality.write_json(out / "learning_curve.json", result)
     _plot(result, out / "learning_curve.png")
-    print(json.dumps({"oracle": oracle, "baselines": floors, "cells": points}, indent=1))
+    print(json.dumps({"oracle": oracle, "baselines": floors, "cells": points, "popularity_fusion": fusion}, indent=1))
     return 0
+
+
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 1e6)
+
+
+def popularity_fusion(scores, popularity, target_index, num_resamples: int, seed: int) -> dict:
+    """HR@1 of `scores + λ·log(1 + popularity)` with λ cross-fitted over two halves of the prompts, and its paired
+    difference to popularity alone (λ = 1e6 is popularity with the model only breaking ties).
+
+    Args:
+        scores (`np.ndarray` `[N, A]`): the model's candidate scores (summed log-probs).
+        popularity (`np.ndarray` `[N, A]`): the candidates' train counts.
+        target_index (`Sequence[int]`): the target's position among each prompt's candidates.
+        num_resamples (`int`), seed (`int`): of the paired bootstrap.
+    """
+    from trl_dynamicpo.evaluation import target_ranks
+    from trl_dynamicpo.statistics import hits_at, paired_bootstrap_ci
+
+    target_index = np.asarray(target_index)
+    prior = np.log1p(np.nan_to_num(np.asarray(popularity, dtype=float), nan=0.0))
+    hits = {lam: hits_at(target_ranks(scores + lam * prior, target_index), 1) for lam in FUSION_WEIGHTS}
+    halves = [np.arange(len(target_index)) % 2 == parity for parity in (0, 1)]
+    fused = np.zeros(len(target_index))
+    chosen = []
+    for fit, apply in ((halves[0], halves[1]), (halves[1], halves[0])):
+        lam = max(FUSION_WEIGHTS, key=lambda w: (hits[w][fit].mean(), -w))  # ties: the smaller weight
+        fused[apply] = hits[lam][apply]
+        chosen.append(lam)
+    popularity_hits = hits_at(target_ranks(popularity, target_index), 1)
+    diff, ci = paired_bootstrap_ci(fused, popularity_hits, num_resamples, seed=seed)
+    return {"hr@1": float(fused.mean()), "weights": chosen, "hr@1_minus_popularity": diff,
+            "hr@1_minus_popularity_ci": list(ci)}  # fmt: skip
 
 
 def _plot(result: dict, path: Path) -> None:
