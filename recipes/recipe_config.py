@@ -385,7 +385,11 @@ class RecipeConfig:
         metadata={"help": "Stages to run, in this order; finished ones are reused.", "choices": list(STAGES)},
     )
     overwrite: bool = field(
-        default=False, metadata={"help": "Re-run the selected stages even when they finished before."}
+        default=False,
+        metadata={
+            "help": "Re-run the selected stages even when they finished before (removing only the files the recipe "
+            "wrote; a stage folder holding other files is refused)."
+        },
     )
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": ModelSection.__doc__})
     data: DataSection = field(default_factory=DataSection, metadata={"help": DataSection.__doc__})

@@ -17,10 +17,23 @@ Stages (each can be left out with `stages:` / `--stages`, and each is reused onc
 5. `publish`: adapter + tokenizer + model card + `eval_results.json` in `<output_dir>/final`, optional Hub push.
 
 Every stage writes its outputs to `<output_dir>/<stage>` (`final` for publish) and, last and atomically,
-`DONE.json`. A finished stage is reused unless `--overwrite` is given or its inputs changed (its recipe sections or an
-upstream stage that was re-run): then it is re-run from scratch. An interrupted training stage resumes from its last
-checkpoint when the same command is run again. A run table is printed at the end and saved to
-`<output_dir>/run_summary.json`.
+`DONE.json`, which lists every file the stage wrote. A finished stage is reused unless `--overwrite` is given or its
+inputs changed (its recipe sections or an upstream stage that was re-run): then it is re-run from scratch. A run table
+is printed at the end and saved to `<output_dir>/run_summary.json`.
+
+Resuming: an interrupted training stage resumes from its last *complete* checkpoint when the same command is run
+again. A checkpoint is complete once `recipe_checkpoint.json`, written after the Trainer has saved everything else, is
+in it. A checkpoint a kill (Ctrl-C, `kill -9`, a lost machine) cut while it was being saved is set aside, renamed
+`incomplete-checkpoint-N-<time>`, not deleted, with a message naming it; training resumes from the checkpoint before it
+(or from the start when none is complete). The set-aside folder stays until the stage is re-run from scratch.
+
+Your files are never deleted or overwritten. Re-running a stage from scratch removes only what the run wrote there,
+and prints it: the files its `DONE.json` lists and whatever is inside the sub-folders it made (e.g. the `datasets`
+cache files of `data/dataset/`), or, for an unfinished stage, everything written since it started in a folder that held
+none of your files. When a stage folder that the run must write into (`data`, `sft`, `preference`, `evaluate`,
+`final`) holds a file the recipe did not write, the run refuses before changing anything in that folder, with an error
+(exit code 2) naming the files: move them elsewhere and run the same command again. Files you add to a stage folder
+while its stage is unfinished are taken for the run's own.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import logging
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import sys
@@ -90,8 +104,22 @@ COMPARED_METRICS = (
 )
 
 
+# Written into `checkpoint-N/` once the Trainer has saved everything there (`on_save`): a checkpoint without it was cut
+# by a kill while it was being saved.
+CHECKPOINT_MARKER = "recipe_checkpoint.json"
+_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
+# Cut checkpoints are renamed `incomplete-checkpoint-N-<time>`. The name must not start with `checkpoint-`: the
+# Trainer's `save_total_limit` rotation deletes every `checkpoint-*` folder it counts.
+INCOMPLETE_PREFIX = "incomplete-"
+
+
 class StageInputError(RuntimeError):
     """A stage needs the output of another stage that is neither selected nor finished."""
+
+
+class ForeignFilesError(RuntimeError):
+    """A stage folder the run must (re)write holds files the recipe did not write: the run stops rather than delete
+    or overwrite them."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -112,6 +140,98 @@ def read_json(path: str | os.PathLike) -> dict | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def files_under(folder: str | os.PathLike) -> list[str]:
+    """Sorted POSIX paths, relative to `folder`, of every file (and symbolic link) under it; [] when it is missing."""
+    folder = Path(folder)
+    found = []
+    for root, dirs, files in os.walk(folder):  # symbolic links to folders are listed, not followed
+        base = Path(root)
+        for name in files + [d for d in dirs if (base / d).is_symlink()]:
+            found.append((base / name).relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def _describe_files(files: list[str], limit: int = 8) -> str:
+    """`checkpoint-1/ (9 files), DONE.json, ...`: the files grouped by their top-level entry, for a message."""
+    groups: dict[str, int] = {}
+    for name in files:
+        top, sep, _ = name.partition("/")
+        key = top + "/" if sep else top
+        groups[key] = groups.get(key, 0) + 1
+    shown = [f"{key} ({count} files)" if key.endswith("/") and count > 1 else key for key, count in groups.items()]
+    more = f", and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
+
+def remove_files(folder: Path, files: list[str]) -> None:
+    """Remove `files` (relative to `folder`), then the sub-folders that removing them left empty; `folder` stays."""
+    emptied = set()
+    for name in files:
+        path = folder / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        parent = path.parent
+        while parent != folder and folder in parent.parents:
+            emptied.add(parent)
+            parent = parent.parent
+    for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        with contextlib.suppress(OSError):  # not empty: it still holds something that is not in `files`
+            path.rmdir()
+
+
+def checkpoint_problem(folder: Path, require_marker: bool = True) -> str | None:
+    """Why the Trainer checkpoint `folder` cannot be resumed from, or None when it is complete.
+
+    Args:
+        folder (`Path`): a `checkpoint-N` folder.
+        require_marker (`bool`): judge by `CHECKPOINT_MARKER` alone. False for a stage that an older version of this
+            script started (its checkpoints have no marker): then a checkpoint is complete when its
+            `trainer_state.json`, the last file the Trainer writes, reads as JSON.
+    """
+    if not any(folder.iterdir()):
+        return "it is empty"
+    marker = read_json(folder / CHECKPOINT_MARKER)
+    if marker is not None:
+        missing = [name for name in marker.get("files", []) if not (folder / name).exists()]
+        return f"it lacks {_describe_files(missing, limit=3)}" if missing else None
+    if require_marker:
+        return f"it has no {CHECKPOINT_MARKER}, which is written once the checkpoint is saved"
+    if read_json(folder / "trainer_state.json") is None:
+        return "its trainer_state.json is missing or cut"
+    return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` to `incomplete-<name>-<time>` next to it (never over an existing folder); returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}-{counter}")
+    os.replace(path, target)
+    return target
+
+
+def checkpoint_marker_callback():
+    """A `TrainerCallback` that writes `CHECKPOINT_MARKER` (the checkpoint's file list) into each checkpoint.
+
+    `on_save` runs after the Trainer (and `DynamicPOTrainer`, which adds its own state file) has written the whole
+    checkpoint, so a checkpoint that has the marker is complete.
+    """
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    files = [name for name in files_under(folder) if name != CHECKPOINT_MARKER]
+                    write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step, "files": files})
+
+    return CheckpointMarker()
 
 
 def _finite(metrics: dict) -> dict:
@@ -203,6 +323,70 @@ class RecipeRun:
     def done(self, stage: str) -> dict | None:
         return read_json(self.stage_dir(stage) / "DONE.json")
 
+    def inputs_path(self, stage: str) -> Path:
+        """Where a stage records, when it starts, the inputs it runs on (`inputs.json`)."""
+        if stage == "publish":
+            # The publish folder is uploaded to the Hub as it is: its record stays beside it.
+            return self.output_dir / "publish_inputs.json"
+        return self.stage_dir(stage) / "inputs.json"
+
+    def own_files(self, stage: str) -> set[str]:
+        """The files of the stage folder that this recipe wrote (see the module docstring).
+
+        Raises:
+            `ForeignFilesError`: the stage finished under an older version of this script, whose `DONE.json` does not
+                list its files.
+        """
+        folder = self.stage_dir(stage)
+        present = set(files_under(folder))
+        done = self.done(stage)
+        if done is not None:
+            if not isinstance(done.get("files"), list):
+                raise ForeignFilesError(
+                    f"{folder / 'DONE.json'} was written by an older recipes/run.py that did not list the files the "
+                    f"'{stage}' stage wrote, so this run cannot tell them from files of yours and will not delete "
+                    f"anything there: move the files you want to keep out of {folder}, delete the folder, then run "
+                    "the same command again."
+                )
+            listed = set(done["files"])
+            # What later stages add inside the sub-folders this stage made is the run's too: `datasets` writes the
+            # cache files of `map` / `filter` next to the arrow files of `data/dataset/`.
+            made = {name.split("/")[0] for name in listed if "/" in name}
+            return {name for name in present if name in listed or name.split("/")[0] in made}
+        if self.inputs_path(stage).is_file():
+            # Unfinished: the stage started in a folder that held no file of the user's (checked then), so everything
+            # in it was written since, by the run.
+            return present
+        return set()  # the recipe never started this stage: nothing in the folder is its own
+
+    def foreign_files(self, stage: str) -> list[str]:
+        """The files of the stage folder that this recipe did not write."""
+        own = self.own_files(stage)
+        return [name for name in files_under(self.stage_dir(stage)) if name not in own]
+
+    def foreign_files_message(self, stage: str, foreign: list[str]) -> str:
+        folder = self.stage_dir(stage)
+        return (
+            f"{folder} holds {len(foreign)} file(s) that this recipe did not write: {_describe_files(foreign)}. The "
+            f"'{stage}' stage writes that folder and the recipe never deletes or overwrites files of yours: move them "
+            f"out of {folder} (or choose another output_dir), then run the same command again."
+        )
+
+    def check_outputs(self) -> None:
+        """Fail before any work when a stage that will run would write into a folder holding files of the user's.
+
+        A finished stage is left to `run_stage`, which checks again: it is reused unless an upstream stage re-runs.
+        """
+        problems = []
+        for stage in self.recipe.stages:
+            if self.done(stage) is not None and not self.recipe.overwrite:
+                continue
+            foreign = self.foreign_files(stage)
+            if foreign:
+                problems.append(self.foreign_files_message(stage, foreign))
+        if problems:
+            raise ForeignFilesError("\n".join(problems))
+
     def barrier(self) -> None:
         if self.collectives:
             self.state.wait_for_everyone()
@@ -240,6 +424,8 @@ class RecipeRun:
             "inputs": self.inputs(stage),
             "metrics": _finite(metrics),
             "outputs": outputs,
+            # What a later re-run may remove: the stage started in a folder without files of the user's.
+            "files": sorted({*files_under(self.stage_dir(stage)), "DONE.json"}) if self.is_main else [],
         }
         if self.is_main:
             write_json(self.stage_dir(stage) / "DONE.json", record)
@@ -274,6 +460,7 @@ class RecipeRun:
     def run(self) -> int:
         """Run the selected stages; returns the process exit code (0, or 1 when the Hub push failed)."""
         self.check_inputs()
+        self.check_outputs()
         exit_code = 0
         for index, stage in enumerate(STAGES, start=1):
             if stage in ("evaluate", "publish") and self.collectives:
@@ -310,8 +497,11 @@ class RecipeRun:
         done = self.done(stage)
         inputs = self.inputs(stage)
         reuse = done is not None and not self.recipe.overwrite and done.get("inputs") == inputs
-        started = read_json(self.stage_dir(stage) / "inputs.json")
-        stale_partial = done is None and started is not None and started != inputs
+        started = read_json(self.inputs_path(stage))
+        started_inputs = {key: started.get(key) for key in inputs} if started is not None else None
+        stale_partial = done is None and started is not None and started_inputs != inputs
+        # Checked on every process, so that all of them stop together (none waits at the barrier below).
+        foreign = [] if reuse else self.foreign_files(stage)
         self.barrier()  # every process has read the same state before the main process changes it
         if reuse:
             if self.is_main:
@@ -319,13 +509,20 @@ class RecipeRun:
             return StageRecord(
                 stage, "reused", done.get("seconds", 0.0), done.get("metrics", {}), done.get("outputs", {})
             )
-        if self.is_main:
-            if done is not None or self.recipe.overwrite or stale_partial:
+        if foreign:
+            raise ForeignFilesError(self.foreign_files_message(stage, foreign))
+        fresh = started is None or done is not None or self.recipe.overwrite or stale_partial
+        if self.is_main and fresh:
+            own = files_under(self.stage_dir(stage))  # all the run's: a foreign file would have stopped it above
+            if own:
                 why = "--overwrite" if self.recipe.overwrite else "its inputs changed since it ran"
-                if self.stage_dir(stage).exists():
-                    print(f"    re-running from scratch ({why}): clearing {self.stage_dir(stage)}")
-                shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
-            write_json(self.stage_dir(stage) / "inputs.json", inputs)
+                print(
+                    f"    re-running from scratch ({why}): removing the {len(own)} file(s) this recipe wrote in "
+                    f"{self.stage_dir(stage)}: {_describe_files(own)}"
+                )
+                remove_files(self.stage_dir(stage), own)
+            # Checkpoints of a stage started from here on are complete only with their marker (`checkpoint_problem`).
+            write_json(self.inputs_path(stage), {**inputs, "checkpoint_marker": CHECKPOINT_MARKER})
         self.barrier()
         start = time.perf_counter()
         method = getattr(self, f"stage_{stage}")
@@ -445,13 +642,41 @@ class RecipeRun:
         return train, evaluation
 
     def resume_checkpoint(self, stage: str) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
+        """The last complete `checkpoint-N` of an unfinished training stage, or None to train from the start.
 
+        Newer checkpoints that a kill cut while they were being saved are set aside (renamed, never deleted), with a
+        message naming them: the Trainer would fail on them ("Can't find a valid checkpoint") or, worse, resume from a
+        half-written one.
+        """
         folder = self.stage_dir(stage)
-        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-        if last and self.is_main:
-            print(f"    resuming from {last}")
-        return last
+        if not folder.is_dir():
+            return None
+        started = read_json(self.inputs_path(stage)) or {}
+        require_marker = started.get("checkpoint_marker") == CHECKPOINT_MARKER
+        steps = {int(m.group(1)): path for path in folder.iterdir() if (m := _CHECKPOINT_DIR.fullmatch(path.name))}
+        last, cut = None, []
+        for _, path in sorted(steps.items(), reverse=True):  # the newest first
+            if not path.is_dir():
+                continue
+            problem = checkpoint_problem(path, require_marker)
+            if problem is None:
+                last = path
+                break
+            cut.append((path, problem))
+        self.barrier()  # every process has judged the checkpoints before the main process renames any
+        if self.is_main:
+            for path, problem in cut:
+                target = set_aside(path)
+                print(
+                    f"    {path} is incomplete ({problem}): the run was interrupted while saving it. Set it aside "
+                    f"as {target} (not deleted); training resumes from the last complete checkpoint."
+                )
+            if last is not None:
+                print(f"    resuming from {last}")
+            elif cut:
+                print(f"    no complete checkpoint in {folder}: training starts from the beginning")
+        self.barrier()
+        return str(last) if last is not None else None
 
     # -------------------------------------------------------------- stages
     def stage_data(self) -> StageRecord:
@@ -577,6 +802,7 @@ class RecipeRun:
                 processing_class=tokenizer,
                 peft_config=self.lora_config(model),
             )
+        trainer.add_callback(checkpoint_marker_callback())
         result = trainer.train(resume_from_checkpoint=self.resume_checkpoint("sft"))
         trainer.save_model(str(folder))
         trainer.save_state()
@@ -623,6 +849,7 @@ class RecipeRun:
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+        trainer.add_callback(checkpoint_marker_callback())
         result = trainer.train(resume_from_checkpoint=self.resume_checkpoint("preference"))
         trainer.save_model(str(folder))
         trainer.save_state()
@@ -745,14 +972,14 @@ class RecipeRun:
         cfg = self.recipe.publish
         trained = "preference" if self.done("preference") is not None else "sft"
         adapter_dir = self.stage_dir(trained)
+        # Written in place: `run_stage` checked that the folder holds no file of the user's and removed what an
+        # earlier run published there, and `DONE.json`, written last, tells a finished folder from a cut one.
         folder = self.stage_dir("publish")
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
             if (adapter_dir / name).is_file():
-                shutil.copy2(adapter_dir / name, tmp / name)
-        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+                shutil.copy2(adapter_dir / name, folder / name)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(folder))
         evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json") or {}
         model_key = "final" if trained == "preference" else "sft"
         eval_results = {
@@ -762,7 +989,7 @@ class RecipeRun:
             and not key.endswith(("/runtime_s", "/num_samples"))
             and isinstance(value, (int, float))
         }
-        write_json(tmp / "eval_results.json", eval_results)
+        write_json(folder / "eval_results.json", eval_results)
         card = build_model_card(
             model_name=cfg.model_name or self.output_dir.name,
             base_model=self.hub_base_model(),
@@ -776,9 +1003,7 @@ class RecipeRun:
             tags=[*cfg.tags, *([self.recipe.data.dataset_name] if self.recipe.data.dataset_name else [])],
             license=cfg.license,
         )
-        card.save(str(tmp / "README.md"))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        card.save(str(folder / "README.md"))
         outputs = {"folder": str(folder)}
         print(f"    wrote {folder} (adapter of the {trained} stage, tokenizer, model card, eval_results.json)")
         if not cfg.push_to_hub:
@@ -980,7 +1205,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(path, overrides)
         command = "accelerate launch recipes/run.py " + " ".join(shlex.quote(a) for a in argv)
         return RecipeRun(recipe, command=_drop_stages(command)).run()
-    except (RecipeError, StageInputError) as err:
+    except (RecipeError, StageInputError, ForeignFilesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

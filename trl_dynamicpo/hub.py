@@ -663,6 +663,89 @@ def build_model_card(
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
+def _looks_like_path(name: str) -> bool:
+    """True for a name that can only be a local path (`./x`, `~/x`, `/x`, `a/b/c`), never a Hub repo id."""
+    return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1
+
+
+def _check_adapter_files(folder: str, what: str) -> None:
+    """Fail naming `what` and the missing files when `folder` holds no saved LoRA adapter (before any model loads)."""
+    # A snapshot in which no file matched the download patterns is a path that was never created.
+    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    missing = []
+    if "adapter_config.json" not in names:
+        missing.append("adapter_config.json")
+    if not names & {"adapter_model.safetensors", "adapter_model.bin"}:
+        missing.append("adapter_model.safetensors (or adapter_model.bin)")
+    if not missing:
+        return
+    if "config.json" in names and names & {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"}:
+        hint = "it holds a full model, not a LoRA adapter: load it with `AutoModelForCausalLM.from_pretrained`."
+    elif any(name.startswith("checkpoint-") for name in names):
+        checkpoints = sorted((n for n in names if n.startswith("checkpoint-")), key=lambda n: (len(n), n))
+        hint = f"it holds training checkpoints: pass one of them (e.g. {os.path.join(folder, checkpoints[-1])})."
+    elif "final" in names:
+        hint = f"it looks like a recipe's output_dir: the published adapter is {os.path.join(folder, 'final')}."
+    else:
+        hint = "pass the folder the adapter was saved to (`save_pretrained`, or `trainer.save_model`)."
+    raise FileNotFoundError(f"{what} has no {' and no '.join(missing)}, so it is not a saved LoRA adapter: {hint}")
+
+
+def _download_adapter(repo_id: str, revision: str | None, token: str | None, local_files_only: bool) -> str:
+    """The local snapshot of the adapter and tokenizer files of `repo_id` (from the cache when offline).
+
+    Raises:
+        `FileNotFoundError`: naming the repo (and revision) and what is missing: the repo on the Hub, the revision, or
+            the cached copy when offline.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f" at revision {revision!r}" if revision else ""
+    not_local = f"(and there is no local folder {repo_id} in {os.getcwd()})"
+    try:
+        # One download of the adapter and tokenizer files; offline, the same call resolves them from the cache.
+        return snapshot_download(
+            repo_id,
+            revision=revision,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=_ADAPTER_FILES + _TOKENIZER_FILES,
+        )
+    except GatedRepoError as err:
+        raise FileNotFoundError(
+            f"The model repo {repo_id!r} on {constants.ENDPOINT} is gated: request access on its page, then pass "
+            "`token=` (or log in with `hf auth login`)."
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(
+            f"No model repo {repo_id!r} on {constants.ENDPOINT} {not_local}, or it is private and the token has no "
+            "access to it: check the repo id, pass `token=` for a private repo, or pass a local adapter folder."
+        ) from err
+    except RevisionNotFoundError as err:
+        raise FileNotFoundError(
+            f"The model repo {repo_id!r} on {constants.ENDPOINT} has no revision {revision!r}: pass an existing "
+            "branch, tag or commit as `revision=`."
+        ) from err
+    except LocalEntryNotFoundError as err:
+        if local_files_only:
+            raise FileNotFoundError(
+                f"The model repo {repo_id!r}{at} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                f"{not_local}, and downloads are off (HF_HUB_OFFLINE=1 or local_files_only=True): load it once "
+                "online, or pass a local adapter folder."
+            ) from err
+        raise FileNotFoundError(
+            f"Could not download the model repo {repo_id!r}{at} from {constants.ENDPOINT} (the Hub did not answer) "
+            f"and it is not in the local cache ({constants.HF_HUB_CACHE}): check the connection, or pass a local "
+            "adapter folder."
+        ) from err
+
+
 def load_recommender(
     repo_id_or_path: str | os.PathLike,
     base_model: str | None = None,
@@ -700,6 +783,11 @@ def load_recommender(
     Returns:
         `tuple`: the `PeftModel` in eval mode and the tokenizer.
 
+    Raises:
+        `FileNotFoundError`: before any model is loaded, naming the path or repo and what is missing: a local path
+            that does not exist, a folder (or repo) without `adapter_config.json` / `adapter_model.safetensors`, a
+            repo or revision the Hub does not have, or a repo that is not in the cache when offline.
+
     Example:
 
     ```python
@@ -709,7 +797,6 @@ def load_recommender(
     >>> output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     ```
     """
-    from huggingface_hub import snapshot_download
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -717,14 +804,22 @@ def load_recommender(
     source = os.fspath(repo_id_or_path)
     if os.path.isdir(source):
         adapter_dir = source
+        _check_adapter_files(adapter_dir, f"The adapter folder {source}")
+    elif os.path.exists(source):
+        raise NotADirectoryError(
+            f"{source} is a file: load_recommender needs the adapter folder that holds it (the folder with "
+            "adapter_config.json and adapter_model.safetensors)."
+        )
+    elif not _is_hub_id(source) or _looks_like_path(source):
+        raise FileNotFoundError(
+            f"No adapter folder at {source}: the path does not exist (relative paths start from {os.getcwd()}). "
+            "Pass the folder the adapter was saved to (e.g. a recipe's <output_dir>/final), or a Hub repo id "
+            "(user/name)."
+        )
     else:
-        # One download of the adapter and tokenizer files; offline, the same call resolves them from the cache.
-        adapter_dir = snapshot_download(
-            source,
-            revision=revision,
-            token=token,
-            local_files_only=local_files_only,
-            allow_patterns=_ADAPTER_FILES + _TOKENIZER_FILES,
+        adapter_dir = _download_adapter(source, revision, token, local_files_only)
+        _check_adapter_files(
+            adapter_dir, f"The model repo {source!r}" + (f" at revision {revision!r}" if revision else "")
         )
     peft_config = PeftConfig.from_pretrained(adapter_dir)
     base_kwargs = {"token": token, "local_files_only": local_files_only}
