@@ -90,6 +90,7 @@ LOSS_NAMES = {
     "dpo": "DPO",
     "sigmoid": "DPO",
     "napo": "NAPO",
+    "mppo": "MPPO",
 }
 # Metrics shown side by side for every evaluated model (those that exist in the results).
 COMPARED_METRICS = (

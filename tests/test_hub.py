@@ -591,6 +591,12 @@ def test_model_card_without_optional_fields_and_napo(tmp_path):
         assert "No evaluation results" in text and "base_model=" in text  # the snippet says to pass the base
 
 
+def test_model_card_mppo():
+    card = build_model_card(model_name="run-9", base_model="org/base", loss_type="mppo", hyperparameters={"beta": 1.0})
+    text, meta = str(card), front_matter(card)
+    assert "mppo" in meta["tags"] and "MPPO" in text and "raw sequence probabilities" in text
+
+
 def test_model_card_combined_losses_full_model():
     card = build_model_card(
         model_name="run-8",

@@ -72,7 +72,10 @@ _LOSS_DESCRIPTIONS = {
         "it reduces to DPO for K = 1"
     ),
     "dmpo": "DMPO: −log σ(β r_w − (β / K) Σ_j r_j), the positive against the mean of the K negatives",
-    "mppo": "MPPO: −log σ(N π(y_w|x) − Σ_i π(y_i|x)) on raw sequence probabilities",
+    "mppo": (
+        "MPPO: −log σ(Σ_j β (π(y_w|x) − π(y_j|x))) on raw sequence probabilities, reference-free; with β = 1 it is "
+        "−log σ(N π(y_w|x) − Σ_j π(y_j|x))"
+    ),
     "napo": (
         "NAPO (Ding et al., 2025): reference-free softmax preference loss with in-batch negative sharing and a "
         "reward margin that adapts to a teacher's confidence in the negatives"
