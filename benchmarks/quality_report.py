@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from trl_dynamicpo.losses import LOSS_SPECS
 
-DISPLAY = {"sft": "SFT", "dpo": "DPO", "sdpo": "S-DPO", "dmpo": "DMPO", "dynamicpo": "DynamicPO"}
+
+DISPLAY = {name: spec.display_name for name, spec in LOSS_SPECS.items()}
 CURVE_METRICS = ("loss", "rewards/accuracies", "dynamicpo/nonboundary_grad_share")
 BASELINES = {
     "popularity": "popularity (full train split)",

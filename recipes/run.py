@@ -83,15 +83,6 @@ STAGE_KEYS = {
     "publish": ("publish",),
 }
 STAGE_DIRS = {"data": "data", "sft": "sft", "preference": "preference", "evaluate": "evaluate", "publish": "final"}
-LOSS_NAMES = {
-    "dynamicpo": "DynamicPO",
-    "sdpo": "S-DPO",
-    "dmpo": "DMPO",
-    "dpo": "DPO",
-    "sigmoid": "DPO",
-    "napo": "NAPO",
-    "mppo": "MPPO",
-}
 # Metrics shown side by side for every evaluated model (those that exist in the results).
 COMPARED_METRICS = (
     "generation/hr@1",
@@ -246,7 +237,9 @@ def _finite(metrics: dict) -> dict:
 
 
 def loss_display_name(loss_type: list[str]) -> str:
-    return "+".join(LOSS_NAMES.get(name, name) for name in loss_type)
+    from trl_dynamicpo.losses import loss_spec
+
+    return "+".join(loss_spec(name).display_name for name in loss_type)
 
 
 def _truncate_prompt_start(prompt_ids: list[int], budget: int, bos_token_id: int | None) -> list[int]:

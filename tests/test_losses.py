@@ -765,3 +765,21 @@ def test_sft_loss_is_the_token_mean_nll():
         sft_loss(logps, counts[:2])
     with pytest.raises(ValueError, match="sft_loss"):
         compute_multi_negative_loss("sft", logps, logps[:, None], logps, logps[:, None], None, 1.0)
+
+
+def test_loss_registry_drives_the_loss_types_and_the_dispatch():
+    from trl_dynamicpo.losses import LOSS_SPECS, MULTI_NEGATIVE_LOSS_TYPES, loss_spec
+
+    assert tuple(LOSS_SPECS) == LOSS_TYPES and "sft" not in MULTI_NEGATIVE_LOSS_TYPES
+    assert loss_spec("sigmoid") is LOSS_SPECS["dpo"]
+    with pytest.raises(ValueError, match=r"Unknown loss_type 'ipo'.*'mppo'"):
+        loss_spec("ipo")
+    s_w, s_j, ref_w, ref_j, mask = random_batch(seed=3, batch=6, num_negatives=4)
+    for name in MULTI_NEGATIVE_LOSS_TYPES:
+        spec = LOSS_SPECS[name]
+        assert spec.function is not None and spec.display_name and spec.description
+        out = compute_multi_negative_loss(name, s_w, s_j, ref_w, ref_j, mask, 0.7, napo_use_reference=True)
+        # The registry's function on the selected negatives is what the entry point computes.
+        x_w, x_j = (s_w, s_j) if spec.reference_free else (s_w - ref_w, s_j - ref_j)
+        extra = (0.0,) if spec.form == "napo" else ()
+        torch.testing.assert_close(out.losses, spec.function(x_w, x_j, out.selected_mask, out.beta, *extra))

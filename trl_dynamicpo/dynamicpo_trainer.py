@@ -23,7 +23,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 from .data import check_columns, numbered_rejected_columns, tokenize_rows
 from .dynamicpo_config import DynamicPOConfig
 from .hub import CITATIONS
-from .losses import compute_multi_negative_loss, napo_margin, resolve_loss_type, sft_loss
+from .losses import LOSS_SPECS, compute_multi_negative_loss, napo_margin, resolve_loss_type, sft_loss
 from .napo import NapoMarginState, share_in_batch_negatives
 from .packing import (
     DataCollatorForMultiNegativePreference,
@@ -379,7 +379,7 @@ class DynamicPOTrainer(DPOTrainer):
 
     def _needs_reference(self, inputs) -> bool:
         for loss_type in self.loss_types:
-            if loss_type in ("sft", "mppo"):  # the chosen answer's NLL, and MPPO's raw probabilities
+            if LOSS_SPECS[loss_type].reference_free:  # SFT's NLL, MPPO's raw probabilities
                 continue
             if loss_type != "napo" or self.args.napo_use_reference:
                 return True

@@ -34,6 +34,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .losses import LOSS_ALIASES, LOSS_SPECS
+
 
 logger = logging.getLogger(__name__)
 
@@ -64,31 +66,8 @@ _TOKENIZER_FILES = [
 # that loading the adapter needs, so it never leaves the machine.
 _ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock", "training_args.bin"]
 
-_LOSS_DESCRIPTIONS = {
-    "sigmoid": "DPO averaged over the negatives: mean_j −log σ(β (r_w − r_j)) (TRL's sigmoid loss for K = 1)",
-    "dpo": "DPO averaged over the negatives: mean_j −log σ(β (r_w − r_j)) (TRL's sigmoid loss for K = 1)",
-    "sdpo": (
-        "S-DPO (softmax DPO, Chen et al., 2024): −log σ(−log Σ_j exp(β (r_j − r_w))) over K negatives; "
-        "it reduces to DPO for K = 1"
-    ),
-    "dmpo": "DMPO: −log σ(β r_w − (β / K) Σ_j r_j), the positive against the mean of the K negatives",
-    "mppo": (
-        "MPPO: −log σ(Σ_j β (π(y_w|x) − π(y_j|x))) on raw sequence probabilities, reference-free; with β = 1 it is "
-        "−log σ(N π(y_w|x) − Σ_j π(y_j|x))"
-    ),
-    "napo": (
-        "NAPO (Ding et al., 2025): reference-free softmax preference loss with in-batch negative sharing and a "
-        "reward margin that adapts to a teacher's confidence in the negatives"
-    ),
-    "dynamicpo": (
-        "DynamicPO (Hu et al., 2026): the loss of each row is restricted to its boundary negatives (those the policy "
-        "scores at least as high as the target, else the highest-scoring cluster of negatives), each weighted by "
-        "its own β_j in [0.5 β, 1.5 β] set by a dual margin; this prevents the preference optimization collapse "
-        "of multi-negative losses, where easy negatives dominate the gradient"
-    ),
-}
-
-# BibTeX of the methods this library implements, keyed by loss name (and "trl"); model cards cite the ones used.
+# BibTeX of the methods this library implements and of TRL, by the keys of `LossSpec.citations`: a model card cites
+# DynamicPO, what each of its losses builds on, and TRL.
 CITATIONS = {
     "dynamicpo": """@inproceedings{hu2026dynamicpo,
     title         = {{DynamicPO: Dynamic Preference Optimization for Recommendation}},
@@ -609,7 +588,10 @@ def build_model_card(
         "is most likely to interact with next."
     )
     lines += ["", "## Training procedure", ""]
-    descriptions = [_LOSS_DESCRIPTIONS.get(name, f"the `{name}` preference loss") for name in loss_names]
+    specs = [LOSS_SPECS.get(LOSS_ALIASES.get(name, name)) for name in loss_names]
+    descriptions = [
+        spec.description if spec else f"the `{name}` preference loss" for name, spec in zip(loss_names, specs)
+    ]
     lines.append(
         "It was trained with `trl-dynamicpo`, built on [TRL](https://github.com/huggingface/trl), using "
         f'`loss_type="{"+".join(loss_names)}"`: {"; ".join(descriptions)}. Here '
@@ -656,8 +638,9 @@ def build_model_card(
 
     lines += ["", "## Usage", "", _usage_snippet(model_ref, hub_base, is_adapter), ""]
     lines += ["## Citations", "", "```bibtex"]
-    cited = ["dynamicpo", "sdpo"] + (["napo"] if "napo" in loss_names else []) + ["trl"]
-    lines.append("\n\n".join(CITATIONS[name] for name in cited))
+    # This library's method, then what each loss builds on (its `LossSpec.citations`), then TRL.
+    cited = dict.fromkeys(["dynamicpo", *(key for spec in specs if spec for key in spec.citations), "trl"])
+    lines.append("\n\n".join(CITATIONS[key] for key in cited))
     lines += ["```", ""]
 
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))

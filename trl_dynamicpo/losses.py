@@ -52,29 +52,24 @@ Rows without any valid negative get a loss of exactly 0 with finite (zero) gradi
 different numbers of negatives, including none.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "mppo", "sft")
-# Losses computed from the negatives (all but "sft", the chosen answer's negative log-likelihood).
-MULTI_NEGATIVE_LOSS_TYPES = ("dpo", "sdpo", "dmpo", "dynamicpo", "napo", "mppo")
-# Losses that never use a reference model (NAPO may, with `napo_use_reference`).
-REFERENCE_FREE_LOSS_TYPES = ("mppo",)
 LOSS_ALIASES = {"sigmoid": "dpo"}
-
-# Loss types on which DynamicPO's boundary selection and dynamic beta are defined. "dpo" treats each negative as an
-# independent pair, so there is no set of negatives to select from and no shared temperature to adapt.
-_FLAG_LOSS_TYPES = ("sdpo", "dmpo", "napo", "mppo")
 
 # Non-finite log-probs are clamped to this magnitude inside the (detached) k-means so that sorting and squared sums
 # stay finite; real summed log-probs are many orders of magnitude smaller.
 _KMEANS_CLAMP = 1e12
 
 __all__ = [
+    "LOSS_SPECS",
+    "LossSpec",
     "MULTI_NEGATIVE_LOSS_TYPES",
+    "loss_spec",
     "sft_loss",
     "LOSS_ALIASES",
     "LOSS_TYPES",
@@ -434,6 +429,136 @@ def napo_margin(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The loss registry: one place that the config, the trainer, the model cards, the recipes and the README read
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossSpec:
+    r"""What the library knows about one `loss_type`.
+
+    Args:
+        name (`str`): The `loss_type` value.
+        display_name (`str`): Name in tables and cards ("S-DPO").
+        description (`str`): The objective in one sentence (model cards, the README's loss table).
+        citations (`tuple[str, ...]`): BibTeX keys of [`trl_dynamicpo.hub.CITATIONS`] a model trained with it cites.
+        form (`str`): The objective computed (`"dynamicpo"` is DMPO with both plug-ins).
+        function (`Callable` or `None`): The pure loss function of `form` (`None` for `"sft"`, which has its own
+            signature: [`sft_loss`]).
+        uses_negatives (`bool`): Computed from the negatives (all but `"sft"`).
+        plugins (`bool`): DynamicPO's boundary selection and dynamic β apply (set-wise losses; pairwise DPO scores each
+            negative on its own, so there is no set to select from and no shared temperature to adapt).
+        reference_free (`bool`): Never needs the reference model (NAPO may, with `napo_use_reference`).
+    """
+
+    name: str
+    display_name: str
+    description: str
+    citations: tuple[str, ...] = ()
+    form: str = ""
+    function: Callable | None = None
+    uses_negatives: bool = True
+    plugins: bool = False
+    reference_free: bool = False
+
+
+LOSS_SPECS: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec(
+            "dpo",
+            "DPO",
+            "DPO averaged over the negatives: mean_j −log σ(β (r_w − r_j)) (TRL's sigmoid loss for K = 1)",
+            form="dpo",
+            function=dpo_loss,
+        ),
+        LossSpec(
+            "sdpo",
+            "S-DPO",
+            "S-DPO (softmax DPO, Chen et al., 2024): −log σ(−log Σ_j exp(β (r_j − r_w))) over K negatives; it reduces "
+            "to DPO for K = 1",
+            citations=("sdpo",),
+            form="sdpo",
+            function=sdpo_loss,
+            plugins=True,
+        ),
+        LossSpec(
+            "dmpo",
+            "DMPO",
+            "DMPO: −log σ(β r_w − (β / K) Σ_j r_j), the positive against the mean of the K negatives",
+            citations=("sdpo",),
+            form="dmpo",
+            function=dmpo_loss,
+            plugins=True,
+        ),
+        LossSpec(
+            "dynamicpo",
+            "DynamicPO",
+            "DynamicPO (Hu et al., 2026): the loss of each row is restricted to its boundary negatives (those the "
+            "policy scores at least as high as the target, else the highest-scoring cluster of negatives), each "
+            "weighted by its own β_j in [0.5 β, 1.5 β] set by a dual margin; this prevents the preference optimization "
+            "collapse of multi-negative losses, where easy negatives dominate the gradient",
+            citations=("dynamicpo", "sdpo"),
+            form="dmpo",
+            function=dmpo_loss,
+            plugins=True,
+        ),
+        LossSpec(
+            "napo",
+            "NAPO",
+            "NAPO (Ding et al., 2025): reference-free softmax preference loss with in-batch negative sharing and a "
+            "reward margin that adapts to a teacher's confidence in the negatives",
+            citations=("napo",),
+            form="napo",
+            function=napo_loss,
+            plugins=True,
+        ),
+        LossSpec(
+            "mppo",
+            "MPPO",
+            "MPPO: −log σ(Σ_j β (π(y_w|x) − π(y_j|x))) on raw sequence probabilities, reference-free; with β = 1 it is "
+            "−log σ(N π(y_w|x) − Σ_j π(y_j|x))",
+            citations=("dynamicpo",),
+            form="mppo",
+            function=mppo_loss,
+            plugins=True,
+            reference_free=True,
+        ),
+        LossSpec(
+            "sft",
+            "SFT",
+            "supervised fine-tuning: the chosen answer's negative log-likelihood per token (TRL's `sft` loss)",
+            form="sft",
+            uses_negatives=False,
+            reference_free=True,
+        ),
+    )
+}
+LOSS_TYPES = tuple(LOSS_SPECS)
+# Losses computed from the negatives (all but "sft", the chosen answer's negative log-likelihood).
+MULTI_NEGATIVE_LOSS_TYPES = tuple(name for name, spec in LOSS_SPECS.items() if spec.uses_negatives)
+# Loss types on which DynamicPO's boundary selection and dynamic beta can be switched on ("dynamicpo" has them built in).
+_FLAG_LOSS_TYPES = tuple(name for name, spec in LOSS_SPECS.items() if spec.plugins and name != "dynamicpo")
+
+
+def loss_spec(loss_type: str) -> LossSpec:
+    """The [`LossSpec`] of `loss_type` (aliases such as `"sigmoid"` resolved), or a `ValueError` listing the known ones.
+
+    Example:
+
+    >>> from trl_dynamicpo.losses import loss_spec
+    >>> loss_spec("sigmoid").display_name
+    'DPO'
+    """
+    spec = LOSS_SPECS.get(LOSS_ALIASES.get(loss_type, loss_type))
+    if spec is None:
+        aliases = ", ".join(f"{alias!r} (= {target!r})" for alias, target in LOSS_ALIASES.items())
+        raise ValueError(
+            f"Unknown loss_type {loss_type!r}. Supported loss types: {', '.join(map(repr, LOSS_TYPES))}; "
+            f"aliases: {aliases}."
+        )
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # DynamicPO: boundary selection and dual-margin beta
 # ----------------------------------------------------------------------------------------------------------------------
 def _selection_dtype(device: torch.device) -> torch.dtype:
@@ -714,13 +839,7 @@ def resolve_loss_type(
     """
     if not isinstance(loss_type, str):
         raise ValueError(f"loss_type must be a string, got {type(loss_type).__name__}.")
-    canonical = LOSS_ALIASES.get(loss_type, loss_type)
-    if canonical not in LOSS_TYPES:
-        aliases = ", ".join(f"{alias!r} (= {target!r})" for alias, target in LOSS_ALIASES.items())
-        raise ValueError(
-            f"Unknown loss_type {loss_type!r}. Supported loss types: {', '.join(map(repr, LOSS_TYPES))}; "
-            f"aliases: {aliases}."
-        )
+    canonical = loss_spec(loss_type).name
     flags = {"boundary_selection": boundary_selection, "dynamic_beta": dynamic_beta}
     for name, value in flags.items():
         if value is not None and not isinstance(value, bool):
@@ -775,10 +894,6 @@ class MultiNegativeLossOutput:
     fallback: torch.Tensor
     beta: torch.Tensor
     nonboundary_grad_share: torch.Tensor
-
-
-def _loss_form(loss_type: str) -> str:
-    return "dmpo" if loss_type == "dynamicpo" else loss_type
 
 
 def _negative_grad_magnitudes(form, chosen, rejected, mask, beta, gamma) -> torch.Tensor:
@@ -909,10 +1024,11 @@ def compute_multi_negative_loss(
     loss_type, boundary_selection, dynamic_beta = resolve_loss_type(loss_type, boundary_selection, dynamic_beta)
     if loss_type not in MULTI_NEGATIVE_LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r} does not use negatives; compute it with `sft_loss`.")
-    form = _loss_form(loss_type)
+    spec = LOSS_SPECS[loss_type]
+    form = spec.form
     mask = _check_shapes(policy_chosen_logps, policy_rejected_logps, mask)
 
-    reference_free = loss_type in REFERENCE_FREE_LOSS_TYPES or (loss_type == "napo" and not napo_use_reference)
+    reference_free = spec.reference_free or (loss_type == "napo" and not napo_use_reference)
     if reference_free:
         chosen_scores, rejected_scores = policy_chosen_logps, policy_rejected_logps
     else:
@@ -946,16 +1062,8 @@ def compute_multi_negative_loss(
         beta_used = torch.full_like(rejected_scores, float(beta)).detach()
 
     selected_mask = boundary_mask if boundary_selection else mask
-    if form == "dpo":
-        losses = dpo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
-    elif form == "sdpo":
-        losses = sdpo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
-    elif form == "dmpo":
-        losses = dmpo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
-    elif form == "mppo":
-        losses = mppo_loss(chosen_scores, rejected_scores, selected_mask, beta_used)
-    else:
-        losses = napo_loss(chosen_scores, rejected_scores, selected_mask, beta_used, gamma)
+    extra = (gamma,) if form == "napo" else ()
+    losses = spec.function(chosen_scores, rejected_scores, selected_mask, beta_used, *extra)
 
     # Collapse signal: how the *unselected* loss would split its gradient between boundary and easy negatives.
     grads = _negative_grad_magnitudes(form, chosen_scores, rejected_scores, mask, beta_used, gamma)
