@@ -2,6 +2,7 @@
 
 ```bash
 python dataset_builders/build.py movielens-100k --output data/ml100k [--raw-dir DIR] [--push-to-hub user/ml100k-dynamicpo]
+python dataset_builders/build.py movielens-100k --output data/ml100k --teacher sasrec   # + SASRec teacher columns
 python dataset_builders/build.py --help          # lists the datasets and every option
 ```
 
@@ -45,6 +46,8 @@ def _add_field(parser: argparse.ArgumentParser, f) -> None:
         kwargs.update(nargs=3, type=float, metavar=("TRAIN", "VALID", "TEST"))
     elif f.name == "templates":
         kwargs.update(type=_templates_value, metavar="N|FILE.json")
+    elif f.name == "teacher_args":
+        kwargs.update(type=str, metavar="JSON")
     elif annotation.startswith("int"):
         kwargs["type"] = int
     elif annotation.startswith("float"):

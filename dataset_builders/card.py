@@ -34,6 +34,7 @@ _PARAMETER_MEANINGS = {
     "head_share": "share of training interactions covered by the 'head' items",
     "tail_share": "maximum share of training interactions covered by the 'tail' items",
     "domain": "prompt template domain",
+    "teacher": "sequential recommender trained on the train split whose scores are columns (see Teacher)",
 }
 
 
@@ -186,6 +187,48 @@ kept interactions no later than the last training target (in timestamp, then raw
 each user's interactions before the user's first validation or test target."""
 
 
+def _teacher_section(info: dict) -> str:
+    """The teacher section (no timing: the card is identical for identical builds)."""
+    teacher = info.get("teacher")
+    if not teacher:
+        return ""
+    metrics = teacher["metrics"]
+    rows = ["| split | rows | HR@1 | HR@5 | NDCG@10 | MRR |", "|---|---:|---:|---:|---:|---:|"]
+    for split, label in (("validation", "validation"), ("test", "test"), ("train_in_sample", "train (in-sample)")):
+        m = metrics.get(split, {})
+        if m.get("rows"):
+            rows.append(
+                f"| {label} | {m['rows']:,} | {m['hr@1']:.4f} | {m['hr@5']:.4f} | {m['ndcg@10']:.4f} | {m['mrr']:.4f} |"
+            )
+    hyper = ", ".join(f"`{k}={v}`" for k, v in teacher["hyperparameters"].items())
+    candidates = info["parameters"].get("num_candidates")
+    return f"""
+## Teacher: {teacher["name"]}
+
+{teacher["description"]}.
+
+Trained by the builder on the item sequences of the **train split only** (each user's train rows: the first row's
+history, then the targets), early-stopped on the validation rows; the test rows are never used for training or model
+selection. Early stopping: {teacher["early_stopping"]}; best epoch {teacher["best_epoch"]} of {teacher["epochs_run"]}.
+Every row, train rows included, is scored from its own `history` alone: the model input never holds the row's target.
+The train rows' targets were training labels, so their scores are in-sample (optimistic).
+
+Its ranking of each row's {candidates} candidates, computed from the `candidate_scores` column (ties broken by prompt
+order), next to which any LLM recommender trained on this data can be placed:
+
+{chr(10).join(rows)}
+
+Hyperparameters: {hyper}.
+
+Columns:
+
+- `candidate_scores` (list of floats, one per candidate, in `candidates` order): {teacher["score"]}.
+- `rejected_scores` (list of floats): the same values at the positions of `rejected` (NAPO's confidence in each
+  negative).
+- `embedding` (list of floats): {teacher["embedding"]}; NAPO's in-batch similarity.
+"""
+
+
 def card_text(source: Source, info: dict, example: dict | None, repo_hint: str = "path/to/this/folder") -> str:
     """The complete README.md text."""
     header = yaml.safe_dump(card_metadata(source, info), sort_keys=False, allow_unicode=True, width=1000)
@@ -196,8 +239,17 @@ def card_text(source: Source, info: dict, example: dict | None, repo_hint: str =
     history = "history titles as given in the file" if is_import(info) else "history titles, oldest first"
     counted = "training rows' targets" if is_import(info) else "training interactions"
     template_blocks = "\n\n".join(f"```text\n{text}\n```" for text in params["templates"])
+    if example and isinstance(example.get("embedding"), list) and len(example["embedding"]) > 4:
+        dim = len(example["embedding"])
+        example = {**example, "embedding": [*example["embedding"][:4], f"... ({dim} floats in all)"]}
     example_block = (
         "```json\n" + json.dumps(example, indent=2, ensure_ascii=False) + "\n```" if example else "(no rows)"
+    )
+    teacher_columns = (
+        f"- `candidate_scores`, `rejected_scores`, `embedding`: the {info['teacher']['name']} teacher's scores and "
+        "sequence state, see Teacher below.\n"
+        if info.get("teacher")
+        else ""
     )
     license_line = source.license["license"]
     if "license_link" in source.license:
@@ -247,7 +299,7 @@ unique and contain no newline, so every line is exactly one title. The prompt en
 - `candidates` (list of strings): all candidate titles in prompt order (includes the target).
 - `history` (list of strings): {history}.
 - `user_id` (string), `target_id` (string, item id of the target), `timestamp` (int: {info["source"]["timestamp"]}).
-
+{teacher_columns}
 Config `items` (split `train`): `item_id`, `title`, `train_count`, `popularity_rank`, `popularity_group`.
 {_train_count_text(info)} `popularity_rank` orders items by
 `train_count` (1 = most popular; ties by item id). `popularity_group`: items sorted by rank; **head** = the shortest
@@ -255,6 +307,7 @@ prefix of items that together make {params["head_share"]:.0%} of the {counted}; 
 suffix of least popular items that together make at most {params["tail_share"]:.0%} of them (items never seen in
 training are always tail); **mid** = the rest.
 
+{_teacher_section(info)}
 ## How to load
 
 ```python

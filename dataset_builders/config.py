@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .teachers import TEACHERS, get_teacher, parse_teacher_args
+
 
 SPLITS = ("train", "validation", "test")
 
@@ -147,6 +149,24 @@ class BuildConfig:
             "training interactions (items never seen in training are always tail)."
         },
     )
+    # Teacher
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train this sequential recommender on the train split and add its scores to every split: columns "
+            "candidate_scores (one per candidate), rejected_scores (aligned with rejected) and embedding (its state "
+            "for the row's history); metrics in build_info.json and the card. Needs item ids (not sdpo-json).",
+            "choices": sorted(TEACHERS),
+        },
+    )
+    teacher_args: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher hyperparameters as a JSON object (command line) or dict, e.g. "
+            '\'{"max_epochs": 50, "hidden_size": 32}\' (fields of dataset_builders.teachers.sasrec.SASRecConfig; '
+            "seed defaults to --seed)."
+        },
+    )
     # Output
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Push the built folder to this Hub dataset repository (user/name)."}
@@ -180,6 +200,12 @@ class BuildConfig:
             raise ValueError("k_core and seed must be non-negative")
         if not (0 <= self.head_share <= 1 and 0 <= self.tail_share <= 1 and self.head_share + self.tail_share <= 1):
             raise ValueError("head_share and tail_share must be in [0, 1] and sum to at most 1")
+        if self.teacher is not None:
+            entry = get_teacher(self.teacher)  # unknown name: lists the known teachers
+            self.teacher_args = parse_teacher_args(self.teacher_args) or None
+            entry.make_config(self.teacher_args)  # unknown or invalid hyperparameters fail here, before any work
+        elif self.teacher_args:
+            raise ValueError("teacher_args were given without a teacher (--teacher NAME)")
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -191,6 +217,8 @@ class BuildConfig:
     def to_dict(self, dataset: str | None = None) -> dict:
         """The parameters that shape the data (paths, Hub and display options left out), for build_info.json."""
         skip = {"raw_dir", "cache_dir", "offline", "push_to_hub", "private", "progress", "verbose", "overwrite"}
+        if self.teacher is None:  # builds without a teacher keep the parameters they always had
+            skip |= {"teacher", "teacher_args"}
         if dataset is not None and dataset != "goodreads-ucsd":
             skip.add("genre")
         out = {k: v for k, v in asdict(self).items() if k not in skip}

@@ -17,7 +17,10 @@ Steps (parameters in [`BuildConfig`]):
    `numpy.random.default_rng((seed, hash(user_id), position of the target in the user's sequence))`, so a row does not
    depend on any other row and the same seed gives byte-identical Parquet files.
 5. Prompt. A domain template (one fixed by default, or rotated per row), one title per line, ending with "Answer:".
-6. Output. Parquet `DatasetDict` + `items` table + dataset card + `build_info.json` (listing every file), written
+6. Teacher (optional, `teacher="sasrec"`). A sequential recommender trained on the train rows' item sequences
+   (validation rows for early stopping, test rows untouched) scores every row's candidates from the row's history:
+   columns `candidate_scores`, `rejected_scores`, `embedding` (see `dataset_builders.teachers`).
+7. Output. Parquet `DatasetDict` + `items` table + dataset card + `build_info.json` (listing every file), written
    beside the output folder and swapped into place when complete (`output.py`); optional push to the Hub.
 
 Leakage is asserted on every build: every history item belongs to the row's user with timestamp <= the target's, no
@@ -46,6 +49,7 @@ from .errors import RawDataError
 from .output import BUILD_INFO, BUILDER, LAYOUT, check_output_dir, file_hashes, make_staging_dir, replace_folder
 from .sources import InteractionData, PresplitData, get_source
 from .sources.base import Source
+from .teachers import TEACHER_COLUMNS, TeacherData, run_teacher
 from .templates import resolve_templates
 
 
@@ -553,8 +557,11 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
 
 
-def split_table(rows: Rows, which: np.ndarray, catalog: Catalog, templates, progress: bool, name: str) -> pa.Table:
-    """The Arrow table of the rows `which` (in that order), with rendered prompts."""
+def split_table(
+    rows: Rows, which: np.ndarray, catalog: Catalog, templates, progress: bool, name: str, teacher=None
+) -> pa.Table:
+    """The Arrow table of the rows `which` (in that order), with rendered prompts, and with a teacher's columns
+    (`candidate_scores`, `rejected_scores`, `embedding`) when `teacher` (a `teachers.TeacherResult`) is given."""
     titles = pa.array(catalog.titles, type=pa.string())
     hist_flat, hist_offsets = _segments(rows.hist_offsets, which)
     cand_flat, cand_offsets = _segments(rows.cand_offsets, which)
@@ -572,19 +579,28 @@ def split_table(rows: Rows, which: np.ndarray, catalog: Catalog, templates, prog
             history = [title_list[i] for i in hist_list[ho[r] : ho[r + 1]]]
             candidates = [title_list[i] for i in cand_list[co[r] : co[r + 1]]]
             prompts.append(templates[chosen_template[r]].render(history, candidates))
-    return pa.table(
-        {
-            "prompt": pa.array(prompts, type=pa.string()),
-            "chosen": titles.take(pa.array(targets)),
-            "rejected": _list_array(rejected_offsets, titles.take(pa.array(cand_items[~is_target]))),
-            "candidates": _list_array(cand_offsets, titles.take(pa.array(cand_items))),
-            "history": _list_array(hist_offsets, titles.take(pa.array(hist_items))),
-            "target": titles.take(pa.array(targets)),
-            "user_id": pa.array(rows.user_id[which].astype(str).tolist(), type=pa.string()),
-            "target_id": pa.array(catalog.ids[targets].astype(str).tolist(), type=pa.string()),
-            "timestamp": pa.array(rows.timestamp[which], type=pa.int64()),
-        }
-    )
+    columns = {
+        "prompt": pa.array(prompts, type=pa.string()),
+        "chosen": titles.take(pa.array(targets)),
+        "rejected": _list_array(rejected_offsets, titles.take(pa.array(cand_items[~is_target]))),
+        "candidates": _list_array(cand_offsets, titles.take(pa.array(cand_items))),
+        "history": _list_array(hist_offsets, titles.take(pa.array(hist_items))),
+        "target": titles.take(pa.array(targets)),
+        "user_id": pa.array(rows.user_id[which].astype(str).tolist(), type=pa.string()),
+        "target_id": pa.array(catalog.ids[targets].astype(str).tolist(), type=pa.string()),
+        "timestamp": pa.array(rows.timestamp[which], type=pa.int64()),
+    }
+    if teacher is not None:
+        # float64 (as computed): float32 would round confident scores to exactly 1.0 and tie them
+        scores = pa.array(teacher.candidate_scores[cand_flat].astype(np.float64), type=pa.float64())
+        columns["candidate_scores"] = _list_array(cand_offsets, scores)
+        columns["rejected_scores"] = _list_array(rejected_offsets, scores.filter(pa.array(~is_target)))
+        embeddings = teacher.embeddings[which]
+        columns["embedding"] = _list_array(
+            np.arange(len(which) + 1, dtype=np.int64) * embeddings.shape[1],
+            pa.array(embeddings.ravel(), type=pa.float32()),
+        )
+    return pa.table(columns)
 
 
 def _split_statistics(rows: Rows) -> dict:
@@ -599,6 +615,22 @@ def _split_statistics(rows: Rows) -> dict:
         stats["timestamp_range"][name] = [int(stamps.min()), int(stamps.max())] if mask.any() else None
     stats["share_rows_with_full_history"] = round(float((lengths == lengths.max()).mean()), 4) if len(rows) else 0.0
     return stats
+
+
+def teacher_data(rows: Rows, positions: np.ndarray, n_items: int, seed: int) -> TeacherData:
+    """The view of the rows a teacher trains on and scores (catalog indices, CSR histories and candidates)."""
+    return TeacherData(
+        num_items=n_items,
+        split=rows.split,
+        user=pd.factorize(rows.user_id.astype(str))[0].astype(np.int64),
+        position=np.asarray(positions, dtype=np.int64),
+        target=rows.target,
+        hist_offsets=rows.hist_offsets,
+        hist_items=rows.hist_items,
+        cand_offsets=rows.cand_offsets,
+        cand_items=rows.cand_items,
+        seed=seed,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -675,6 +707,13 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
     notes = dict(data.notes)
 
     imported = isinstance(data, PresplitData)
+    if imported and config.teacher:
+        raise ValueError(
+            f"--teacher {config.teacher} needs item ids to train on, and {name} imports titles only: its rows come "
+            "from already-processed files without the source's item ids or user sequences (item_id there is just "
+            "the index of a title in order of first appearance). Build from the raw interactions instead (e.g. "
+            "movielens-100k, lastfm-hetrec), or build without --teacher."
+        )
     if imported:
         rows, catalog, extra = presplit_rows(data, config, len(templates))
         train_counts = extra["train_counts"]
@@ -701,12 +740,22 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
         sample_candidates(rows, extra["position"], len(catalog), config, weights, len(templates))
         timer.lap("candidates")
 
+    teacher = None
+    if config.teacher:
+        teacher = run_teacher(
+            config.teacher,
+            teacher_data(rows, extra["position"], len(catalog), config.seed),
+            config.teacher_args,
+            progress=config.progress,
+        )
+        timer.lap("teacher")
+
     items = item_table(catalog, train_counts, config.head_share, config.tail_share)
     tables = {}
     for code, split_name in enumerate(SPLITS):
         which = np.flatnonzero(rows.split == code)
         which = which[np.argsort(rows.order[which], kind="stable")]
-        tables[split_name] = split_table(rows, which, catalog, templates, config.progress, split_name)
+        tables[split_name] = split_table(rows, which, catalog, templates, config.progress, split_name, teacher)
     timer.lap("prompts")
 
     statistics = {**counts, **_split_statistics(rows)}
@@ -729,7 +778,7 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
         "statistics": statistics,
         "dropped": dropped,
         "notes": notes,
-        "columns": COLUMNS,
+        "columns": COLUMNS + (TEACHER_COLUMNS if teacher is not None else []),
         "prompt_list_format": "one title per line, verbatim (whitespace-normalized), no quotes or numbering",
         # Exactly the files of each config: readers take these, not a glob that would also pick up a stray file.
         "output": {
@@ -740,6 +789,8 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
             "files": {},
         },
     }
+    if teacher is not None:
+        info["teacher"] = teacher.info
     items_table = pa.Table.from_pandas(items, preserve_index=False)
     # Write a complete folder beside the output and swap it in: a failure (or a kill) before the swap leaves the
     # previous dataset as it was, never a mix of old and new files.
@@ -813,6 +864,14 @@ def format_summary(result: BuildResult) -> str:
             f"  {split_name:<12}{stats['rows'][split_name]:>12,}"
             + (f"{split_users:>10,}" if split_users is not None else f"{'-':>10}")
             + f"{stats['mean_history_length'][split_name]:>15.2f}"
+        )
+    if "teacher" in info:
+        teacher, test = info["teacher"], info["teacher"]["metrics"]["test"]
+        valid = info["teacher"]["metrics"]["validation"]
+        lines.append(
+            f"  {'teacher':<22}{teacher['name']:>12}  test HR@1 {test.get('hr@1', float('nan')):.4f}, NDCG@10 "
+            f"{test.get('ndcg@10', float('nan')):.4f} (validation HR@1 {valid.get('hr@1', float('nan')):.4f}); "
+            f"best epoch {teacher['best_epoch']} of {teacher['epochs_run']}, {teacher['train_seconds']:.1f} s"
         )
     total = result.timings.get("total", 0.0)
     stages = " | ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "total")

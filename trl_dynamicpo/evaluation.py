@@ -535,26 +535,36 @@ def baseline_metrics(
     item_table: Any = None,
     seed: int = 0,
     ks: Sequence[int] = (1, 5, 10),
+    teacher_name: str = "sasrec",
 ) -> dict[str, Any]:
-    """Floors of every results table: a popularity baseline and a seeded random baseline.
+    """Floors of every results table: a popularity baseline, a seeded random baseline, and a teacher's scores.
 
     - `baseline_popularity`: ranks each prompt's candidates by `train_count` (ties by prompt order), so its top-1 is
       the most popular candidate; titles missing from the item table count 0 (never seen in training). Only with an
       item table.
     - `baseline_random`: ranks the candidates by seeded uniform noise, so its top-1 is a uniform pick (expected
       HR@1 = 1/20 with 20 candidates).
+    - `baseline_sasrec` (`baseline_<teacher_name>`): ranks the candidates by the rows' `candidate_scores` column, the
+      scores of a classical recommender trained on the train split (`dataset_builders/build.py --teacher sasrec`).
+      Only when the rows have that column.
 
-    Both are scored with [`ranking_metrics`] (HR@k, NDCG@k, MRR, popularity metrics); they always name exactly one
+    All are scored with [`ranking_metrics`] (HR@k, NDCG@k, MRR, popularity metrics); they always name exactly one
     candidate, so their `valid_ratio` is 1.0.
 
     Args:
-        dataset: Rows with `candidates` and `target` (or `chosen`): a `datasets.Dataset` or a list of dicts.
+        dataset: Rows with `candidates` and `target` (or `chosen`), optionally `candidate_scores` (one finite number
+            per candidate, in `candidates` order): a `datasets.Dataset` or a list of dicts.
         item_table (*optional*): Item table, see [`popularity_metrics`].
         seed (`int`, defaults to `0`): Seed of the random baseline.
         ks (`Sequence[int]`, defaults to `(1, 5, 10)`): Cut-offs of HR@k and NDCG@k.
+        teacher_name (`str`, defaults to `"sasrec"`): Name of the row of the `candidate_scores` baseline.
 
     Returns:
-        `dict`: Flat metrics prefixed by `baseline_popularity/` and `baseline_random/`.
+        `dict`: Flat metrics prefixed by `baseline_popularity/`, `baseline_random/` and `baseline_sasrec/`.
+
+    Raises:
+        ValueError: If only some rows have `candidate_scores`, or a row's scores do not match its candidates (count)
+            or are not finite.
 
     Example:
 
@@ -563,21 +573,35 @@ def baseline_metrics(
     >>> items = {"title": ["A", "B", "C"], "train_count": [50, 10, 1], "popularity_group": ["head", "mid", "tail"]}
     >>> baseline_metrics(rows, items)["baseline_popularity/hr@1"]
     0.5
+    >>> rows[0]["candidate_scores"], rows[1]["candidate_scores"] = [0.9, 0.2, 0.1], [0.1, 0.8, 0.3]
+    >>> baseline_metrics(rows)["baseline_sasrec/hr@1"]
+    1.0
     ```
     """
     _, candidates, targets = _rows(dataset, need_prompt=False)
     target_index = target_indices(candidates, targets)
     lookup = _as_lookup(item_table)
+    teacher_scores = _teacher_scores(dataset)
     results: dict[str, Any] = {}
-    for name, scores in baseline_scores(candidates, lookup, seed=seed).items():
+    for name, scores in baseline_scores(
+        candidates, lookup, seed=seed, teacher_scores=teacher_scores, teacher_name=teacher_name
+    ).items():
         metrics = ranking_metrics(scores, target_index, lookup, candidates if lookup is not None else None, ks=ks)
         results.update(_prefixed(f"baseline_{name}", metrics))
     return results
 
 
-def baseline_scores(candidates: Sequence[Sequence[str]], item_table: Any = None, seed: int = 0) -> dict[str, Any]:
+def baseline_scores(
+    candidates: Sequence[Sequence[str]],
+    item_table: Any = None,
+    seed: int = 0,
+    teacher_scores: Sequence[Sequence[float]] | None = None,
+    teacher_name: str = "sasrec",
+) -> dict[str, Any]:
     """Candidate scores `[N, A]` of the baselines of [`baseline_metrics`]: `"popularity"` (with an item table: each
-    candidate's `train_count`, 0 when unknown) and `"random"` (seeded uniform noise); NaN marks padding.
+    candidate's `train_count`, 0 when unknown), `"random"` (seeded uniform noise) and, when `teacher_scores` (the rows'
+    `candidate_scores`) are given, `teacher_name` (those scores, checked: one finite number per candidate); NaN marks
+    padding.
 
     Per-prompt scores let the baselines enter paired statistics next to trained models ([`target_ranks`]).
     """
@@ -590,7 +614,45 @@ def baseline_scores(candidates: Sequence[Sequence[str]], item_table: Any = None,
     noise = np.random.default_rng(seed).random((len(candidates), width))
     noise[padding] = np.nan
     out["random"] = noise
+    if teacher_scores is not None:
+        out[teacher_name] = _pad_scores(_checked_teacher_scores(teacher_scores, candidates))
     return out
+
+
+def _teacher_scores(dataset: Any) -> list | None:
+    """The rows' `candidate_scores` column (a teacher's scores), or None when the rows do not have it."""
+    if hasattr(dataset, "column_names"):
+        return dataset["candidate_scores"] if "candidate_scores" in dataset.column_names else None
+    rows = list(dataset)
+    present = [row.get("candidate_scores") is not None for row in rows]
+    if not any(present):
+        return None
+    if not all(present):
+        raise ValueError(
+            f"Row {present.index(False)} has no `candidate_scores` while other rows have them: a teacher's scores "
+            "must cover every row (or none)."
+        )
+    return [row["candidate_scores"] for row in rows]
+
+
+def _checked_teacher_scores(scores: Sequence[Sequence[float]], candidates: Sequence[Sequence[str]]) -> list:
+    if len(scores) != len(candidates):
+        raise ValueError(f"`candidate_scores` has {len(scores)} rows for {len(candidates)} rows of candidates.")
+    checked = []
+    for row, (values, cands) in enumerate(zip(scores, candidates)):
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (len(cands),):
+            raise ValueError(
+                f"Row {row}: `candidate_scores` has {values.size} values for {len(cands)} candidates (one score per "
+                "candidate, in `candidates` order)."
+            )
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise ValueError(
+                f"Row {row}: `candidate_scores[{bad[0]}]` is {float(values[bad[0]])!r}; a teacher's scores must be finite."
+            )
+        checked.append(values)
+    return checked
 
 
 def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
