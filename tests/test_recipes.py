@@ -7,6 +7,7 @@ folder, and MovieLens-100K-format raw files written by the test (9 interactions 
 movies), built by `dataset_builders` inside the run.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -21,8 +22,10 @@ import pytest
 import yaml
 
 from recipes.recipe_config import (
+    MANAGED,
+    SECTIONS,
     STAGES,
-    RecipeConfig,
+    RecipeArguments,
     RecipeError,
     format_help,
     load_recipe,
@@ -92,13 +95,23 @@ def tiny_recipe(folder: Path, model_dir: Path, raw_name: str = "raw", **sections
         "logging_steps": 1,
         "save_steps": 1,
         "save_total_limit": None,
+        "lr_scheduler_type": "cosine",
+        "max_grad_norm": 0.3,
+        "optim": "adamw_torch",
+        "max_length": 512,
     }
     recipe = {
         "output_dir": str(folder / "out"),
         "seed": 0,
-        "model": {"name_or_path": str(model_dir), "attn_implementation": "eager"},
+        "model": {
+            "model_name_or_path": str(model_dir),
+            "attn_implementation": "eager",
+            "lora_r": 8,
+            "lora_alpha": 32,
+            "lora_dropout": 0.1,
+            "lora_target_modules": ["q_proj", "v_proj"],
+        },
         "data": {"dataset_name": "movielens-100k", "raw_dir": raw_name, "build_options": dict(BUILD_OPTIONS)},
-        "lora": {"target_modules": ["q_proj", "v_proj"]},
         "sft": dict(train),
         "preference": {**train, "num_negatives": 3},
         "evaluation": {"max_samples": 4, "generation_max_samples": 2, "max_new_tokens": 3, "batch_size": 2},
@@ -147,7 +160,7 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-MINIMAL = {"model": {"name_or_path": "some/model"}, "data": {"dataset_id_or_path": "some/dataset"}}
+MINIMAL = {"model": {"model_name_or_path": "some/model"}, "data": {"dataset_id_or_path": "some/dataset"}}
 
 
 def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path, capsys):
@@ -166,7 +179,7 @@ def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path, capsys)
     assert not out.exists()
 
     for recipe, key in [
-        ({**MINIMAL, "modle": {"name_or_path": "x"}}, "'modle'"),
+        ({**MINIMAL, "modle": {"model_name_or_path": "x"}}, "'modle'"),
         (
             {
                 "model": MINIMAL["model"],
@@ -174,7 +187,7 @@ def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path, capsys)
             },
             "'data.build_options.max_histroy'",
         ),
-        ({**MINIMAL, "sft": {"extra_args": {"not_a_training_arg": 1}}}, "'sft.extra_args.not_a_training_arg'"),
+        ({**MINIMAL, "sft": {"not_a_training_arg": 1}}, "'sft.not_a_training_arg'"),
     ]:
         path = write_yaml(tmp_path / "bad2.yaml", recipe)
         with pytest.raises(RecipeError) as excinfo:
@@ -187,7 +200,7 @@ def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path, capsys)
     [
         ({"sft": {"learning_rate": "fast"}}, "sft.learning_rate", "float"),
         ({"sft": {"max_steps": 2.5}}, "sft.max_steps", "int"),
-        ({"lora": {"target_modules": [1, 2]}}, "lora.target_modules[0]", "str"),
+        ({"model": {"model_name_or_path": "m", "lora_target_modules": [1, 2]}}, "model.lora_target_modules[0]", "str"),
         ({"publish": {"push_to_hub": "yes"}}, "publish.push_to_hub", "bool"),
         ({"evaluation": {"models": ["sft", "teacher"]}}, "evaluation.models", "one of"),
         ({"preference": {"loss_type": ["hinge"]}}, "preference", "Unknown loss_type"),
@@ -207,13 +220,15 @@ def test_wrong_type_fails_naming_key_and_file(tmp_path, section, value, expected
 
 def test_cross_field_errors(tmp_path):
     with pytest.raises(RecipeError, match="exactly one of 'data.dataset_name'"):
-        load_recipe(write_yaml(tmp_path / "a.yaml", {"model": {"name_or_path": "m"}}))
+        load_recipe(write_yaml(tmp_path / "a.yaml", {"model": {"model_name_or_path": "m"}}))
     with pytest.raises(RecipeError, match="hub_model_id"):
         load_recipe(write_yaml(tmp_path / "b.yaml", {**MINIMAL, "publish": {"push_to_hub": True}}))
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(RecipeError, match="needs bitsandbytes"):
             load_recipe(
-                write_yaml(tmp_path / "c.yaml", {**MINIMAL, "model": {"name_or_path": "m", "load_in_4bit": True}})
+                write_yaml(
+                    tmp_path / "c.yaml", {**MINIMAL, "model": {"model_name_or_path": "m", "load_in_4bit": True}}
+                )
             )
 
 
@@ -231,7 +246,7 @@ def test_command_line_overrides(tmp_path):
             "sft,final",
             "--data.build_options.seed",
             "7",
-            "--model.revision",
+            "--model.model_revision",
             "1234",
             "--publish.push_to_hub",
             "--publish.hub_model_id",
@@ -247,7 +262,7 @@ def test_command_line_overrides(tmp_path):
     assert recipe.preference.loss_type == ["sdpo"] and recipe.preference.num_negatives is None
     assert recipe.stages == ["sft", "preference"] and recipe.evaluation.models == ["sft", "final"]
     assert recipe.data.build_options == {"seed": 7}
-    assert recipe.model.revision == "1234"  # a string field keeps the text, not the YAML integer
+    assert recipe.model.model_revision == "1234"  # a string field keeps the text, not the YAML integer
     assert recipe.publish.push_to_hub is True
     assert load_recipe(path).sft.max_steps == 100  # the file itself is unchanged
     # PyYAML reads `1e-5` (no dot) as a string; a float field takes it as the number it is meant to be.
@@ -275,7 +290,7 @@ def test_paths_in_the_file_are_relative_to_it_and_on_the_command_line_to_the_cwd
     folder.mkdir()
     path = write_yaml(
         folder / "r.yaml",
-        {"model": {"name_or_path": "m"}, "data": {"dataset_name": "movielens-100k", "raw_dir": "../raw"}},
+        {"model": {"model_name_or_path": "m"}, "data": {"dataset_name": "movielens-100k", "raw_dir": "../raw"}},
     )
     recipe = load_recipe(path)
     assert recipe.data.raw_dir == str(tmp_path / "raw")
@@ -286,10 +301,12 @@ def test_paths_in_the_file_are_relative_to_it_and_on_the_command_line_to_the_cwd
 
 def test_help_documents_every_key(capsys):
     text = format_help()
-    for section in ("model", "data", "lora", "sft", "preference", "evaluation", "publish"):
-        for name in getattr(RecipeConfig(), section).__dataclass_fields__:
+    for section, classes in SECTIONS.items():
+        for name in {f.name for cls in classes for f in dataclasses.fields(cls) if f.init} - set(
+            MANAGED.get(section, ())
+        ):
             assert f"--{section}.{name} " in text
-    for name in ("output_dir", "seed", "stages", "overwrite"):
+    for name in {f.name for f in dataclasses.fields(RecipeArguments)} | {"output_dir", "seed", "stages", "overwrite"}:
         assert f"--{name} " in text
     assert main(["--help"]) == 0 and "--preference.num_negatives" in capsys.readouterr().out
 
@@ -301,10 +318,10 @@ def test_shipped_recipes_and_accelerate_configs_are_valid():
         recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
         assert recipe.stages == list(STAGES)
     quick = load_recipe(REPO / "recipes" / "quickstart.yaml")
-    assert quick.model.name_or_path == "smollm2-135m-instruct"
+    assert quick.model.model_name_or_path == "smollm2-135m-instruct"
     assert quick.data.raw_dir == str((REPO.parent / "shared" / "data" / "movielens" / "ml-100k").resolve())
     paper = load_recipe(REPO / "recipes" / "movielens.yaml")
-    assert (paper.lora.r, paper.lora.lora_alpha, paper.lora.lora_dropout) == (8, 32, 0.1)
+    assert (paper.model.lora_r, paper.model.lora_alpha, paper.model.lora_dropout) == (8, 32, 0.1)
     assert paper.sft.per_device_train_batch_size * paper.sft.gradient_accumulation_steps == 128
     assert paper.preference.per_device_train_batch_size * paper.preference.gradient_accumulation_steps == 128
     assert (paper.preference.num_negatives, paper.preference.beta, paper.preference.learning_rate) == (15, 1.0, 1e-5)
@@ -318,8 +335,8 @@ def test_shipped_recipes_and_accelerate_configs_are_valid():
 
 
 def test_sft_rows_are_tokenized_like_the_preference_trainer_reads_the_chosen_answer():
-    from recipes.run import tokenize_sft_rows
     from trl_dynamicpo.data import tokenize_rows
+    from trl_dynamicpo.sft_data import tokenize_sft_rows
 
     tokenizer = make_tokenizer()
     batch = {
@@ -439,7 +456,7 @@ def test_end_to_end_tiny_run(finished_run, tiny_world):
 
 
 def test_trunk_cache_run_trains_the_top_layer_and_scores_like_the_full_model(tiny_world, tmp_path):
-    """`trunk_cache.enabled` + `lora.trainable_layers`: SFT and DynamicPO read the cached trunk; the published adapter
+    """`trunk_cache.enabled` + `model.trainable_layers`: SFT and DynamicPO read the cached trunk; the published adapter
     adapts the top layer only and the ranking metrics of the run are the full model's."""
     import torch
     from datasets import load_from_disk
@@ -453,7 +470,7 @@ def test_trunk_cache_run_trains_the_top_layer_and_scores_like_the_full_model(tin
     path = tiny_recipe(
         tmp_path,
         model_dir,
-        lora={"trainable_layers": 1},
+        model={"trainable_layers": 1},
         trunk_cache={"enabled": True},
         stages=["data", "sft", "preference", "evaluate"],
     )
@@ -485,7 +502,7 @@ def test_trunk_cache_run_trains_the_top_layer_and_scores_like_the_full_model(tin
 
 def test_trunk_cache_needs_trainable_layers(tmp_path):
     path = tiny_recipe(tmp_path, tmp_path, trunk_cache={"enabled": True})
-    with pytest.raises(RecipeError, match="lora.trainable_layers"):
+    with pytest.raises(RecipeError, match="model.trainable_layers"):
         load_recipe(path)
 
 
