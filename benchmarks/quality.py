@@ -70,6 +70,14 @@ class QualityArguments:
     raw_dir: str | None = field(
         default=None, metadata={"help": "Local raw files (downloaded from the official URL when None)."}
     )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "A classical recommender trained by the dataset builder on the full train split ('sasrec'): its "
+            "candidate scores join popularity and random as a baseline. Built in a folder of its own, so that setting "
+            "it changes no cell and no trunk cache."
+        },
+    )
     train_rows: int = field(default=1024, metadata={"help": "Training rows (the same rows for SFT and every cell)."})
     train_selection: str = field(
         default="recent",
@@ -141,6 +149,13 @@ class QualityArguments:
         default=None, metadata={"help": "Run only these cells (e.g. sft dmpo@15); the report uses whatever exists."}
     )
     report_only: bool = field(default=False, metadata={"help": "Only rebuild results.json and the plots."})
+    baselines_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Only (re)compute the baselines on the study's prompts and write them into the existing "
+            "results.json (its cells are kept), e.g. after adding a `teacher`."
+        },
+    )
 
     def __post_init__(self):
         if self.train_selection not in ("recent", "random"):
@@ -196,15 +211,19 @@ class Study:
         from dataset_builders import BuildConfig, run_build
         from trl_dynamicpo.data import load_dataset_folder
 
-        folder = self.work / "data" / fingerprint(self.data_settings())
-        if not (folder / "build_info.json").is_file():
-            raw_dir = self.args.raw_dir
-            if raw_dir is not None and not Path(raw_dir).is_dir():
-                print(f"{raw_dir} does not exist: downloading the raw data from the official source.")
-                raw_dir = None
-            start = time.perf_counter()
-            run_build(self.args.dataset_name, folder, BuildConfig(raw_dir=raw_dir, verbose=False))
-            self.record_timing("data", time.perf_counter() - start)
+        def build(settings: dict, timing: str, **options) -> Path:
+            folder = self.work / "data" / fingerprint(settings)
+            if not (folder / "build_info.json").is_file():
+                raw_dir = self.args.raw_dir
+                if raw_dir is not None and not Path(raw_dir).is_dir():
+                    print(f"{raw_dir} does not exist: downloading the raw data from the official source.")
+                    raw_dir = None
+                start = time.perf_counter()
+                run_build(self.args.dataset_name, folder, BuildConfig(raw_dir=raw_dir, verbose=False, **options))
+                self.record_timing(timing, time.perf_counter() - start)
+            return folder
+
+        folder = build(self.data_settings(), "data")
         self.dataset = load_dataset_folder(folder)
         items = load_dataset_folder(folder, config="items")
         self.items = items[next(iter(items))]
@@ -219,6 +238,18 @@ class Study:
         self.train = train.select(train_index)
         self.eval = split.select(eval_index)
         self.eval_index = eval_index
+        self.teacher_scores = None
+        if a.teacher:
+            # The same build with the teacher's columns added: the same rows, so the same prompts by index.
+            teacher_folder = build(
+                {**self.data_settings(), "teacher": a.teacher}, f"data_{a.teacher}", teacher=a.teacher
+            )
+            rows = load_dataset_folder(teacher_folder)[a.eval_split].select(eval_index)
+            if rows["prompt"] != self.eval["prompt"]:
+                raise RuntimeError(
+                    f"The {a.teacher} build's {a.eval_split} rows differ from the study's: rebuild both."
+                )
+            self.teacher_scores = rows["candidate_scores"]
 
     def record_timing(self, key: str, seconds: float) -> None:
         """Keep a one-off cost (data build, trunk caches, reference log-probs) in `timings.json` at once, so that the
@@ -531,6 +562,11 @@ class Study:
 
     def run(self) -> None:
         self.load_data()
+        if self.args.baselines_only:
+            from quality_report import update_baselines
+
+            update_baselines(self)
+            return
         if not self.args.report_only:
             model, tokenizer = self.load_base()
             self.train_cache = self.cache("train", self.train, model, tokenizer)

@@ -20,6 +20,7 @@ CURVE_METRICS = ("loss", "rewards/accuracies", "dynamicpo/nonboundary_grad_share
 BASELINES = {
     "popularity": "popularity (full train split)",
     "popularity_train_rows": "popularity (the study's training rows)",
+    "sasrec": "SASRec teacher (full train split)",
     "random": "random",
 }
 
@@ -55,17 +56,16 @@ def _paired(ranks_a: np.ndarray, ranks_b: np.ndarray, resamples: int, seed: int)
     return {"hr@1": hr, "hr@1_ci": list(hr_ci), "ndcg@10": nd, "ndcg@10_ci": list(nd_ci)}
 
 
-def collect(study) -> dict:
-    """Per-prompt ranks of every evaluated cell and of the baselines, and the results dictionary."""
-    from quality import parse_cell
-
+def baseline_ranks(study) -> dict:
+    """Per-prompt target ranks of the baselines on the study's prompts: popularity (full train split), random, the
+    teacher (when the study has one) and popularity of the study's own training rows."""
     from trl_dynamicpo.evaluation import baseline_scores, target_indices, target_ranks
 
     args = study.args
     target_index = target_indices(study.eval["candidates"], study.eval["target"])
-    seed = args.seed
+    teacher = {"teacher_scores": study.teacher_scores, "teacher_name": args.teacher} if args.teacher else {}
     ranks = {}
-    for name, scores in baseline_scores(study.eval["candidates"], study.items, seed=seed).items():
+    for name, scores in baseline_scores(study.eval["candidates"], study.items, seed=args.seed, **teacher).items():
         ranks[f"baseline:{name}"] = target_ranks(scores, target_index)
     # The same rule on the only rows the models learn from: how often each title is the target in the training rows.
     # It is what a perfect frequency learner could reach from those rows (the full-split popularity uses 77k rows).
@@ -75,20 +75,61 @@ def collect(study) -> dict:
         "train_count": [counts.get(t, 0) for t in study.items["title"]],
         "popularity_group": study.items["popularity_group"],
     }
-    scores = baseline_scores(study.eval["candidates"], table, seed=seed)["popularity"]
+    scores = baseline_scores(study.eval["candidates"], table, seed=args.seed)["popularity"]
     ranks["baseline:popularity_train_rows"] = target_ranks(scores, target_index)
+    return ranks
+
+
+def _baseline_blocks(ranks: dict, args) -> dict:
+    return {
+        name: _metric_block(ranks[f"baseline:{name}"], args.bootstrap_resamples, args.seed)
+        for name in BASELINES
+        if f"baseline:{name}" in ranks
+    }
+
+
+def update_baselines(study) -> None:
+    """Recompute the baselines on the study's prompts and write them into the existing `results.json` (cells kept)."""
+    path = Path(study.args.output_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the study first (`--baselines_only` updates its baselines)."
+        )
+    from quality import read_json, write_json
+
+    results = read_json(path)
+    blocks = _baseline_blocks(baseline_ranks(study), study.args)
+    if any(results["baselines"].get(name, {}).get("hr@1") != block["hr@1"] for name, block in blocks.items()
+           if name in results["baselines"]):  # fmt: skip
+        raise RuntimeError(f"The baselines already in {path} differ from these prompts': not the same study.")
+    results["baselines"] = blocks
+    results["baselines_commit"] = _commit()
+    write_json(path, results)
+    for name, block in blocks.items():
+        print(f"{BASELINES[name]}: HR@1 {_fmt_ci(block['hr@1'], block['hr@1_ci'])}, NDCG@10 "
+              f"{_fmt_ci(block['ndcg@10'], block['ndcg@10_ci'])}")  # fmt: skip
+
+
+def collect(study) -> dict:
+    """Per-prompt ranks of every evaluated cell and of the baselines, and the results dictionary."""
+    from quality import parse_cell
+
+    from trl_dynamicpo.evaluation import target_indices, target_ranks
+
+    args = study.args
+    target_index = target_indices(study.eval["candidates"], study.eval["target"])
+    seed = args.seed
+    ranks = baseline_ranks(study)
     results = {
         "num_test_prompts": len(target_index),
         "split": args.eval_split,
         "baselines": {},
         "cells": [],
         "comparisons": {},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("cells", "report_only")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("cells", "report_only", "baselines_only")},
         "commit": _commit(),
     }
-    for name in BASELINES:
-        if f"baseline:{name}" in ranks:
-            results["baselines"][name] = _metric_block(ranks[f"baseline:{name}"], args.bootstrap_resamples, seed)
+    results["baselines"] = _baseline_blocks(ranks, args)
     for cell in ["sft", *args.grid]:
         evaluation = study.evaluated(cell)
         if evaluation is None:
@@ -192,7 +233,9 @@ def plot_hr_vs_k(results: dict, path: Path) -> None:
             ax.fill_between(ks, lo, hi, color=colors[loss], alpha=0.15)
         else:
             ax.errorbar(ks, hr, yerr=[[hr[0] - lo[0]], [hi[0] - hr[0]]], color=colors[loss], capsize=3)
-    for name, style in (("popularity", ("k", "--")), ("popularity_train_rows", ("k", ":")), ("random", ("grey", ":"))):
+    lines = (("popularity", ("k", "--")), ("popularity_train_rows", ("k", ":")), ("random", ("grey", ":")),
+             ("sasrec", ("tab:purple", "-.")))  # fmt: skip
+    for name, style in lines:
         if name in results["baselines"]:
             block = results["baselines"][name]
             ax.axhline(block["hr@1"], color=style[0], linestyle=style[1], label=BASELINES[name])

@@ -86,6 +86,7 @@ COMPARED_METRICS = (
     "ranking/mrr",
     "baseline_popularity/hr@1",
     "baseline_random/hr@1",
+    "baseline_sasrec/hr@1",
 )
 # Written into `checkpoint-N/` once the Trainer has saved everything there: a checkpoint without it was cut by a kill.
 CHECKPOINT_MARKER = "recipe_checkpoint.json"
@@ -900,7 +901,7 @@ def comparison_table(results: dict[str, dict], names: dict[str, str]) -> str:
             if protocol == "ranking":  # the floors, on the same prompts
                 entries += [
                     (label, first, f"baseline_{label}")
-                    for label in ("popularity", "random")
+                    for label in ("popularity", "random", "sasrec")
                     if f"baseline_{label}/hr@1" in first
                 ]
             ci = ", 95% CI" if any(f"{row}/hr@1_ci" in res for _, res, row in entries) else ""

@@ -548,3 +548,25 @@ def test_evaluate_metric_module(match):
     assert strict["hr@1"] == pytest.approx(expected["hr@1"] + 1 / 6)
     single_file = evaluate.load(f"{RECOMMENDATION_ACCURACY_PATH}/recommendation_accuracy.py")
     assert single_file.compute(predictions=[" Alien"], references=["Alien"], candidates=[["Alien"]])["hr@1"] == 1.0
+
+
+def test_evaluate_recommender_reports_the_teacher_baseline_of_the_rows(model, tokenizer, rows):
+    from datasets import Dataset
+
+    # A teacher that puts the target first on the first 3 of the 4 evaluated rows and last on the 4th.
+    scored = []
+    for i, row in enumerate(rows):
+        target = row["candidates"].index(row["chosen"])
+        scores = [0.5] * len(row["candidates"])
+        scores[target] = 0.9 if i < 3 else 0.1
+        scored.append({**row, "target": row["chosen"], "candidate_scores": scores})
+    results = evaluate_recommender(
+        model, tokenizer, Dataset.from_list(scored), protocols=["ranking"], max_samples=4, show_progress=False,
+        bootstrap_resamples=100,
+    )  # fmt: skip
+    assert results["baseline_sasrec/hr@1"] == pytest.approx(3 / 4)
+    assert results["baseline_sasrec/hr@1_ci"][0] <= 0.75 <= results["baseline_sasrec/hr@1_ci"][1]
+    assert results["baseline_sasrec/hr@1"] == baseline_metrics(scored[:4])["baseline_sasrec/hr@1"]
+    # Rows without teacher scores: no teacher row.
+    plain = evaluate_recommender(model, tokenizer, rows, protocols=["ranking"], max_samples=4, show_progress=False)
+    assert not any(k.startswith("baseline_sasrec") for k in plain)

@@ -911,13 +911,18 @@ def score_candidates(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _head(dataset: Any, max_samples: int | None):
+    """The first `max_samples` rows (all when None) of a `Dataset` or a sequence of row dicts."""
+    if max_samples is None:
+        return dataset
+    if hasattr(dataset, "select"):
+        return dataset.select(range(min(max_samples, len(dataset))))
+    return list(dataset)[:max_samples]
+
+
 def _rows(dataset: Any, max_samples: int | None = None, need_prompt: bool = True):
     """(prompts, candidates, targets) of the first `max_samples` rows; `target` falls back to `chosen`."""
-    if max_samples is not None:
-        if hasattr(dataset, "select"):
-            dataset = dataset.select(range(min(max_samples, len(dataset))))
-        else:
-            dataset = list(dataset)[:max_samples]
+    dataset = _head(dataset, max_samples)
     if hasattr(dataset, "column_names"):
         names = set(dataset.column_names)
         wanted = [c for c in ("prompt", "candidates", "target", "chosen") if c in names]
@@ -1058,11 +1063,16 @@ def evaluate_recommender(
         if bootstrap_resamples:
             results.update(_ranking_intervals("ranking", scores, target_index, bootstrap_resamples, config.seed))
     if config.baselines:
+        # A teacher's `candidate_scores` (e.g. SASRec from the builder's `--teacher`) join popularity and random.
+        teacher = _teacher_scores(_head(dataset, config.max_samples))
         rows = [{"candidates": c, "target": t} for c, t in zip(candidates, targets)]
+        if teacher is not None:
+            rows = [{**row, "candidate_scores": scores} for row, scores in zip(rows, teacher)]
         results.update(baseline_metrics(rows, lookup, seed=config.seed))
         if bootstrap_resamples:
             target_index = target_indices(candidates, targets)
-            for name, scores in baseline_scores(candidates, lookup, seed=config.seed).items():
+            all_scores = baseline_scores(candidates, lookup, seed=config.seed, teacher_scores=teacher)
+            for name, scores in all_scores.items():
                 results.update(
                     _ranking_intervals(f"baseline_{name}", scores, target_index, bootstrap_resamples, config.seed)
                 )

@@ -377,3 +377,52 @@ def test_ml100k_teacher_beats_popularity(tmp_path):
     assert baselines["baseline_sasrec/hr@1"] == pytest.approx(metrics["test"]["hr@1"], abs=1e-6)
     assert metrics["test"]["hr@1"] > baselines["baseline_popularity/hr@1"] + 0.1  # popularity: 0.207
     assert metrics["train_in_sample"]["hr@1"] < 0.9
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# NAPO on a built dataset: the teacher's columns drive its margin and its in-batch sharing
+
+
+def test_napo_margin_moves_with_the_teachers_confidence_on_built_rows(rule_build, tmp_path):
+    from datasets import Dataset
+
+    from tests.testing_utils import make_tiny_model, make_tokenizer, tiny_config
+    from trl_dynamicpo import DynamicPOTrainer
+    from trl_dynamicpo.data import load_dataset_folder
+
+    train = load_dataset_folder(rule_build.output_dir)["train"]
+    columns = ["prompt", "chosen", "rejected", "rejected_scores", "embedding"]
+    # The two rows whose negatives the teacher finds least and most likely: their batches' means differ most.
+    means = np.array([np.mean(scores) for scores in train["rejected_scores"]])
+    low, high = int(np.argmin(means)), int(np.argmax(means))
+    rows = Dataset.from_list([{c: train[i][c] for c in columns} for i in (low, high, low, high)])
+    words = {w for r in rows for text in (r["prompt"], r["chosen"], *r["rejected"]) for w in text.split()}
+    tokenizer = make_tokenizer(extra_words=sorted(words))
+    trainer = DynamicPOTrainer(
+        make_tiny_model(tokenizer),
+        args=tiny_config(tmp_path, loss_type=["napo"], in_batch_negatives=False, napo_alpha=0.5, napo_gamma0=2.0),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
+    assert not trainer._needs_reference(trainer.data_collator([trainer.train_dataset[0]]))  # the teacher replaces it
+    trainer.model.train()
+    for index in (0, 1):  # the low-confidence row, then the high-confidence one
+        trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[index]]))
+    metrics = trainer._metrics["train"]
+    assert metrics["napo/batch_mean"] == pytest.approx([means[low], means[high]])
+    running = 0.9 * means[low] + 0.1 * means[high]
+    assert metrics["napo/gamma"][0] == pytest.approx(2.0)  # M = M_b on the first batch
+    assert metrics["napo/gamma"][1] == pytest.approx(2.0 * (1 - 0.5 * (means[high] - running)))
+    assert metrics["napo/gamma"][1] < metrics["napo/gamma"][0]  # a more confident teacher: a smaller margin
+
+    # In-batch sharing by the similarity of the teacher's sequence states runs on the built `embedding` column.
+    similar = DynamicPOTrainer(
+        make_tiny_model(tokenizer),
+        args=tiny_config(
+            tmp_path, loss_type=["napo"], in_batch_negatives=True, in_batch_selection="similarity", max_steps=1
+        ),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
+    similar.train()
+    assert similar.state.global_step == 1 and similar.state.log_history[0]["in_batch/shared_negatives"] > 0
