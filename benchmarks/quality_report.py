@@ -104,7 +104,12 @@ def update_baselines(study) -> None:
         raise RuntimeError(f"The baselines already in {path} differ from these prompts': not the same study.")
     results["baselines"] = blocks
     results["baselines_commit"] = _commit()
+    results.setdefault("settings", {})["teacher"] = study.args.teacher
     write_json(path, results)
+    # The table and the collapse plot depend on results.json alone; the training curves need the cells' logs.
+    (path.parent / "table.md").write_text(markdown_table(results) + "\n")
+    if results["cells"]:
+        plot_hr_vs_k(results, path.parent / "hr_vs_k.png")
     for name, block in blocks.items():
         print(f"{BASELINES[name]}: HR@1 {_fmt_ci(block['hr@1'], block['hr@1_ci'])}, NDCG@10 "
               f"{_fmt_ci(block['ndcg@10'], block['ndcg@10_ci'])}")  # fmt: skip
@@ -234,7 +239,7 @@ def plot_hr_vs_k(results: dict, path: Path) -> None:
         else:
             ax.errorbar(ks, hr, yerr=[[hr[0] - lo[0]], [hi[0] - hr[0]]], color=colors[loss], capsize=3)
     lines = (("popularity", ("k", "--")), ("popularity_train_rows", ("k", ":")), ("random", ("grey", ":")),
-             ("sasrec", ("tab:purple", "-.")))  # fmt: skip
+             ("sasrec", ("tab:brown", "-.")))  # fmt: skip
     for name, style in lines:
         if name in results["baselines"]:
             block = results["baselines"][name]
