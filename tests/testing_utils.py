@@ -108,3 +108,9 @@ def tiny_config(tmp_path, **overrides):
     )
     values.update(overrides)
     return DynamicPOConfig(**values)
+
+
+def file_tree(folder) -> dict[str, bytes]:
+    """Every file below `folder` (relative POSIX path -> bytes): what a test compares to prove nothing was changed."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -9,17 +9,13 @@ The runs use the tiny world of `tests/test_recipes.py` (a random 2-layer Llama, 
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from recipes.run import main
 
 from ..test_recipes import copy_run, done_ids, summary, tiny_recipe, tiny_world  # noqa: F401 (tiny_world: fixture)
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from ..testing_utils import file_tree
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +36,7 @@ def test_overwrite_keeps_user_files_in_stage_folders_and_final(finished_run, tmp
     (out / "sft" / "my_notes.txt").write_text("what I tried")
     (out / "final" / "extra").mkdir()
     (out / "final" / "extra" / "my_plot.png").write_bytes(b"\x89PNG user data")
-    before = _tree(out)
+    before = file_tree(out)
     capsys.readouterr()
 
     exit_code = main([str(path), "--overwrite"])
@@ -51,7 +47,7 @@ def test_overwrite_keeps_user_files_in_stage_folders_and_final(finished_run, tmp
     assert f"{out / 'sft'} holds 1 file(s) that this recipe did not write: my_notes.txt" in err
     assert f"{out / 'final'} holds 1 file(s) that this recipe did not write: extra/" in err
     assert "move them out of" in err and err.count("did not write") == 2  # the other folders hold the run's files only
-    assert _tree(out) == before  # refused before any work: nothing removed, nothing written
+    assert file_tree(out) == before  # refused before any work: nothing removed, nothing written
 
     # Without the user's files in the way, --overwrite re-runs the stage and removes only what the stage wrote.
     shutil.move(out / "final" / "extra", tmp_path / "extra")
@@ -68,7 +64,7 @@ def test_publish_rerun_refuses_to_delete_a_user_file_in_final(finished_run, tmp_
     path = copy_run(finished_run, tmp_path / "run")
     out = tmp_path / "run" / "out"
     (out / "final" / "NOTES.md").write_text("my own notes next to the published adapter")
-    before = _tree(out / "final")
+    before = file_tree(out / "final")
     ids = done_ids(out)
     capsys.readouterr()
 
@@ -79,7 +75,7 @@ def test_publish_rerun_refuses_to_delete_a_user_file_in_final(finished_run, tmp_
     assert exit_code == 2
     err = capsys.readouterr().err
     assert f"{out / 'final'} holds 1 file(s) that this recipe did not write: NOTES.md" in err
-    assert _tree(out / "final") == before
+    assert file_tree(out / "final") == before
     status = summary(out)
     assert status["publish"] == "failed" and status["preference"] == "reused" and done_ids(out) == ids
 
@@ -96,7 +92,7 @@ def test_a_stage_folder_with_user_files_is_refused_before_any_work(tiny_world, t
     assert f"{tmp_path / 'out' / 'data'} holds 1 file(s) that this recipe did not write: my_dataset.csv" in (
         capsys.readouterr().err
     )
-    assert _tree(tmp_path / "out") == {"data/my_dataset.csv": b"user,item\n1,2\n"}
+    assert file_tree(tmp_path / "out") == {"data/my_dataset.csv": b"user,item\n1,2\n"}
 
 
 def test_a_stage_finished_without_a_file_list_is_not_deleted(finished_run, tmp_path, capsys):
@@ -106,11 +102,11 @@ def test_a_stage_finished_without_a_file_list_is_not_deleted(finished_run, tmp_p
     done = json.loads((out / "sft" / "DONE.json").read_text())
     del done["files"]
     (out / "sft" / "DONE.json").write_text(json.dumps(done))
-    before = _tree(out / "sft")
+    before = file_tree(out / "sft")
     capsys.readouterr()
 
     assert main([str(path), "--overwrite", "--stages", "sft"]) == 2
 
     err = capsys.readouterr().err
     assert f"{out / 'sft' / 'DONE.json'} was written by an older recipes/run.py" in err and "delete the folder" in err
-    assert _tree(out / "sft") == before
+    assert file_tree(out / "sft") == before

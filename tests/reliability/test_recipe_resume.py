@@ -22,14 +22,11 @@ import pytest
 from recipes.run import main
 
 from ..test_recipes import copy_run, summary, tiny_recipe, tiny_world  # noqa: F401 (tiny_world is a fixture)
+from ..testing_utils import file_tree
 
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "recipes" / "run.py"
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +54,7 @@ def test_checkpoint_cut_during_its_save_is_set_aside_and_the_rerun_resumes(train
     for entry in checkpoint.iterdir():
         if entry.name not in kept:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    cut_files = _tree(checkpoint)
+    cut_files = file_tree(checkpoint)
     # Mark checkpoint-2's log, so that a run resumed from it can be told from one that restarted or used checkpoint-3.
     state_path = pref / "checkpoint-2" / "trainer_state.json"
     state = json.loads(state_path.read_text())
@@ -71,7 +68,7 @@ def test_checkpoint_cut_during_its_save_is_set_aside_and_the_rerun_resumes(train
     aside = [p for p in pref.iterdir() if p.name.startswith("incomplete-checkpoint-3-")]
     assert len(aside) == 1, sorted(p.name for p in pref.iterdir())
     assert str(checkpoint) in out and f"as {aside[0]}" in out  # the message names the cut folder and where it went
-    assert _tree(aside[0]) == cut_files  # set aside as it was, nothing deleted
+    assert file_tree(aside[0]) == cut_files  # set aside as it was, nothing deleted
     assert f"resuming from {pref / 'checkpoint-2'}" in out
     assert summary(tmp_path / "run" / "out")["preference"] == "ran"
     final_state = json.loads((pref / "trainer_state.json").read_text())
@@ -134,13 +131,13 @@ def test_recipe_killed_during_a_checkpoint_save_resumes_when_run_again(tiny_worl
         f"the run ended (exit {process.returncode}) before a save could be caught:\n{stderr[-3000:]}"
     )
     assert process.returncode == -signal.SIGKILL and not (pref / "DONE.json").exists()
-    cut_files = _tree(cut)
+    cut_files = file_tree(cut)
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     aside = [p for p in pref.iterdir() if p.name.startswith(f"incomplete-{cut.name}-")]
     assert len(aside) == 1 and f"{cut} is incomplete" in rerun.stdout and str(aside[0]) in rerun.stdout
-    assert _tree(aside[0]) == cut_files
+    assert file_tree(aside[0]) == cut_files
     assert json.loads((pref / "trainer_state.json").read_text())["global_step"] == 6
     assert json.loads((pref / "DONE.json").read_text())["stage"] == "preference"
