@@ -209,7 +209,7 @@ class Study:
 
     def load_data(self):
         from dataset_builders import BuildConfig, run_build
-        from trl_dynamicpo.data import load_dataset_folder
+        from dataset_builders.folder import load_dataset_folder
 
         def build(settings: dict, timing: str, **options) -> Path:
             folder = self.work / "data" / fingerprint(settings)

@@ -11,6 +11,7 @@ Command line: `python dataset_builders/build.py --help`.
 
 from .config import BuildConfig
 from .errors import AmbiguousRawFilesError, MissingRawFilesError, OutputFolderError, RawDataError
+from .folder import load_dataset_folder, push_dataset_folder
 from .pipeline import BuildResult, build_dataset, run_build
 from .sources import SOURCES, get_source
 
@@ -25,5 +26,7 @@ __all__ = [
     "RawDataError",
     "build_dataset",
     "get_source",
+    "load_dataset_folder",
+    "push_dataset_folder",
     "run_build",
 ]

@@ -827,14 +827,9 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
 
 
 def push_folder(folder: Path, repo_id: str, private: bool = False) -> None:
-    """Push the built folder with `trl_dynamicpo.hub.push_dataset_folder` (imported lazily: optional dependency)."""
-    try:
-        from trl_dynamicpo.hub import push_dataset_folder
-    except ImportError as error:
-        raise ImportError(
-            "--push-to-hub needs trl_dynamicpo.hub.push_dataset_folder, which is not available "
-            f"({error}); the dataset was written to {folder} and can be uploaded later."
-        ) from error
+    """Push the built folder with `folder.push_dataset_folder` (the Hub clients are imported only then)."""
+    from .folder import push_dataset_folder
+
     push_dataset_folder(str(folder), repo_id, token=None, private=private)
 
 

@@ -204,18 +204,10 @@ class EvaluationArguments(EvaluationConfig):
         default_factory=lambda: ["sft", "final"],
         metadata={"help": "Models to evaluate.", "choices": list(MODELS_TO_EVALUATE)},
     )
-    generation_max_samples: int | None = field(
-        default=None, metadata={"help": "Rows of the (slower) generation protocol; null: max_samples."}
-    )
     bf16: bool = field(default=False, metadata={"help": "Evaluate under bf16 autocast (scores move by ~0.1 nat)."})
     bootstrap_resamples: int = field(
         default=1000, metadata={"help": "Bootstrap resamples of the HR@1 and NDCG@10 intervals (0: none)."}
     )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if (self.generation_max_samples or 1) < 1:
-            raise ValueError("'evaluation.generation_max_samples' must be at least 1 or null.")
 
 
 @dataclass

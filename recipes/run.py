@@ -53,6 +53,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `recipes` and the library importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataset_builders.folder import load_dataset_folder  # noqa: E402
 from recipes.recipe_config import (  # noqa: E402
     SECTIONS,
     STAGES,
@@ -64,7 +65,6 @@ from recipes.recipe_config import (  # noqa: E402
     training_arguments,
     use_cpu,
 )
-from trl_dynamicpo.data import load_dataset_folder  # noqa: E402
 from trl_dynamicpo.evaluation import _jsonable  # noqa: E402
 
 
@@ -709,7 +709,9 @@ class RecipeRun:
         )
 
     def evaluate_model(self, adapter: str | None, test, items) -> dict:
-        """Ranking on `max_samples` test rows (with the baselines), generation on `generation_max_samples` rows."""
+        """Both protocols in one `evaluate_recommender` call, each on its own first rows of the test split (ranking:
+        `ranking_max_samples` or `max_samples`, with the baselines; generation: `generation_max_samples` or
+        `max_samples`)."""
         import torch
 
         from trl_dynamicpo.evaluation import EvaluationConfig, evaluate_recommender
@@ -722,39 +724,17 @@ class RecipeRun:
             model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
         if not self.recipe.model.load_in_4bit:
             model.to(self.state.device)
-        common = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationConfig)}
-        for key in ("protocols", "max_samples", "baselines"):
-            del common[key]
-        common.update(
-            item_table=items,
-            separator=self.recipe.data.completion_separator,
-            seed=self.recipe.seed,
-            bootstrap_resamples=cfg.bootstrap_resamples,
-        )
+        settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationConfig) if f.init}
+        settings.update(separator=self.recipe.data.completion_separator, seed=self.recipe.seed)
+        config = EvaluationConfig.from_settings(**settings)
+        cache = None
+        if "ranking" in config.protocols:  # the trunk states of exactly the rows the ranking protocol scores
+            count = config.max_samples_for("ranking") or len(test)
+            rows = test.select(range(min(count, len(test))))
+            cache = self.trunk_cache("test", rows, model, tokenizer, max_prompt_length=config.max_prompt_length)
         bf16 = torch.autocast(self.state.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
-        results: dict[str, Any] = {}
-        # Each protocol runs on its own number of rows (generation is the slow one); the count is kept per protocol.
-        if "ranking" in cfg.protocols:
-            rows = test.select(range(min(cfg.max_samples or len(test), len(test))))
-            cache = self.trunk_cache("test", rows, model, tokenizer, max_prompt_length=cfg.max_prompt_length)
-            with bf16:
-                results.update(
-                    evaluate_recommender(model, tokenizer, rows, protocols=["ranking"], trunk_cache=cache, **common)
-                )
-        if "generation" in cfg.protocols:
-            with bf16:
-                generated = evaluate_recommender(
-                    model,
-                    tokenizer,
-                    test,
-                    protocols=["generation"],
-                    baselines=not results,
-                    max_samples=cfg.generation_max_samples or cfg.max_samples,
-                    **common,
-                )
-            # Keep the ranking rows' count and baselines; add the generation metrics.
-            results.update({k: v for k, v in generated.items() if not results or k.startswith("generation/")})
-        return results
+        with bf16:
+            return evaluate_recommender(model, tokenizer, test, config, item_table=items, trunk_cache=cache)
 
     def stage_publish(self) -> StageRecord:
         from transformers import AutoTokenizer

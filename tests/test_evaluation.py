@@ -570,3 +570,74 @@ def test_evaluate_recommender_reports_the_teacher_baseline_of_the_rows(model, to
     # Rows without teacher scores: no teacher row.
     plain = evaluate_recommender(model, tokenizer, rows, protocols=["ranking"], max_samples=4, show_progress=False)
     assert not any(k.startswith("baseline_sasrec") for k in plain)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One `EvaluationConfig` per call, per-protocol sample counts, the package's names
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _without_runtimes(results):
+    return {k: v for k, v in results.items() if not k.endswith("runtime_s")}
+
+
+def test_evaluate_recommender_takes_one_config_with_per_protocol_counts(model, tokenizer, rows, row_items):
+    config = EvaluationConfig(
+        max_new_tokens=5, batch_size=2, max_samples=4, generation_max_samples=2, show_progress=False
+    )
+    results = evaluate_recommender(model, tokenizer, rows, config, item_table=row_items)
+    assert results["generation/num_samples"] == 2 and results["ranking/num_samples"] == 4
+    assert results["num_samples"] == 4 and results["baseline_random/num_samples"] == 4  # the ranking rows
+    # The same numbers as one keyword-style call per protocol on its own rows.
+    common = dict(item_table=row_items, max_new_tokens=5, batch_size=2, show_progress=False)
+    generation = evaluate_recommender(model, tokenizer, rows, protocols=["generation"], max_samples=2, **common)
+    ranking = evaluate_recommender(model, tokenizer, rows, protocols=["ranking"], max_samples=4, **common)
+    expected = {**_without_runtimes(ranking), **{k: v for k, v in generation.items() if k.startswith("generation/")}}
+    assert _without_runtimes(results) == pytest.approx(_without_runtimes(expected), nan_ok=True)
+    assert list(results)[:4] == ["num_samples", "match_mode", "match_strict", "score_mode"]  # as before
+    assert config.protocols == ["generation", "ranking"] and config.max_samples == 4  # the config is not changed
+
+    # Keyword settings on top of a config; `ranking_max_samples` also sets the baselines' rows.
+    alone = evaluate_recommender(model, tokenizer, rows, config, protocols=["ranking"], ranking_max_samples=3)
+    assert alone["num_samples"] == alone["ranking/num_samples"] == alone["baseline_random/num_samples"] == 3
+    assert not any(k.startswith("generation/") for k in alone)
+    # The generation protocol alone: `num_samples` and the baselines follow its rows.
+    generated = evaluate_recommender(model, tokenizer, rows, config, protocols=["generation"], item_table=row_items)
+    assert generated["num_samples"] == generated["baseline_popularity/num_samples"] == 2
+    assert _without_runtimes(generated) == pytest.approx(_without_runtimes(generation), nan_ok=True)
+
+
+def test_evaluate_recommender_refuses_unknown_settings(model, tokenizer, rows):
+    with pytest.raises(TypeError, match=r"'max_sample' \(did you mean 'max_samples'\?\), 'colour';"):
+        evaluate_recommender(model, tokenizer, rows, max_sample=2, colour="red")
+    with pytest.raises(TypeError, match="must be an `EvaluationConfig`, got dict"):
+        evaluate_recommender(model, tokenizer, rows, {"max_samples": 2})
+
+
+def test_config_per_protocol_counts_and_validation():
+    config = EvaluationConfig(max_samples=10, ranking_max_samples=20)
+    assert config.max_samples_for("generation") == 10 and config.max_samples_for("ranking") == 20
+    assert EvaluationConfig().max_samples_for("ranking") is None
+    with pytest.raises(ValueError, match="protocol"):
+        config.max_samples_for("beam")
+    for name in ("max_samples", "generation_max_samples", "ranking_max_samples"):
+        with pytest.raises(ValueError, match=f"`{name}` must be positive or None."):
+            EvaluationConfig(**{name: 0})
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        EvaluationConfig(bootstrap_resamples=-1)
+    assert EvaluationConfig.from_settings(config) is config
+    assert EvaluationConfig.from_settings(config, seed=3).seed == 3 and config.seed == 0
+    with pytest.raises(ValueError, match="score"):
+        EvaluationConfig.from_settings(config, score="max")  # a replaced field is checked again
+
+
+def test_package_keeps_every_name_of_the_old_module():
+    import trl_dynamicpo.evaluation as evaluation
+    from trl_dynamicpo.evaluation import inference, metrics, report
+
+    for name in (*evaluation.__all__, "_jsonable", "_truncate_prompt", "_as_lookup", "_ItemLookup", "_pad_scores",
+                 "_teacher_scores", "_rows", "_head"):  # fmt: skip
+        assert hasattr(evaluation, name), name
+    assert evaluation._jsonable is report.jsonable is evaluation.jsonable
+    assert evaluation._truncate_prompt is inference._truncate_prompt and evaluation._rows is metrics._rows
+    assert evaluation.jsonable([np.float32(0.5), math.inf, {1: np.int64(2)}]) == [0.5, None, {"1": 2}]

@@ -27,13 +27,8 @@ from huggingface_hub import constants as hf_constants
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from trl_dynamicpo.hub import (
-    HubPushError,
-    build_model_card,
-    load_recommender,
-    push_adapter_folder,
-    push_dataset_folder,
-)
+from dataset_builders.folder import push_dataset_folder
+from trl_dynamicpo.hub import HubPushError, build_model_card, load_recommender, push_adapter_folder
 
 from .hub_server import HubServer
 from .testing_utils import make_tiny_model, make_tokenizer

@@ -276,123 +276,18 @@ def tokenize_rows(
 
 
 def load_dataset_folder(folder, config: str | None = None):
-    """Load one config of a local dataset folder as a `DatasetDict`, straight from its files (`None` if absent).
+    """Deprecated: use `dataset_builders.folder.load_dataset_folder` (the builder owns its folder format).
 
-    A folder written by `dataset_builders` is read from exactly the files its `build_info.json` lists for the config
-    (never a glob: a stale shard or an old `save_to_disk` dataset left in the folder is not read). Other folders: one
-    written by `push_to_hub` lists the Parquet files of each config in the YAML `configs` of its `README.md`; a
-    `save_to_disk` folder is read with `load_from_disk`; a folder without a card is read as
-    `data/<split>-*.parquet`. The files are read with pyarrow rather than `datasets.load_dataset`, whose cache
-    of local folders is keyed by the folder's name and file patterns (datasets 5.2): two folders with the same name,
-    e.g. two runs' `source/`, would silently share one cached copy.
-
-    Args:
-        folder (`str` or `os.PathLike`):
-            The dataset folder.
-        config (`str`, *optional*):
-            Config name (`None` or `"default"` for the default config, e.g. `"items"` for the item table).
-
-    Example:
-    ```python
-    >>> from trl_dynamicpo.data import load_dataset_folder
-    >>> splits = load_dataset_folder("data/ml100k")  # doctest: +SKIP
-    >>> items = load_dataset_folder("data/ml100k", "items")["train"]  # doctest: +SKIP
-    ```
+    Loads one config of a local dataset folder as a `DatasetDict` (`None` if absent), as that function does.
     """
-    from pathlib import Path
+    import warnings
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets import Dataset, DatasetDict, load_from_disk
-    from huggingface_hub import DatasetCard
+    from dataset_builders.folder import load_dataset_folder as load
 
-    root = Path(folder)
-    name = config or "default"
-    built = _built_folder_files(root)
-    if built is not None:  # a dataset_builders folder: its own list of files wins over anything else in the folder
-        if name not in built:
-            return None
-        for paths in built[name].values():
-            for path in paths:
-                if not path.is_file():
-                    raise FileNotFoundError(
-                        f"{path} is listed in {root / 'build_info.json'} (config {name!r}) but is missing: the folder "
-                        "is incomplete; build it again."
-                    )
-        return DatasetDict(
-            {
-                split: Dataset(pa.concat_tables([pq.read_table(path) for path in paths]))
-                for split, paths in built[name].items()
-            }
-        )
-    if (root / "dataset_dict.json").is_file() and name == "default":
-        return load_from_disk(str(root))
-    if config and (root / config / "dataset_dict.json").is_file():
-        return load_from_disk(str(root / config))
-    if config and (root / config / "dataset_info.json").is_file():  # one `Dataset.save_to_disk` split, e.g. items
-        return DatasetDict({"train": load_from_disk(str(root / config))})
-    configs = []
-    if (root / "README.md").is_file():
-        configs = DatasetCard.load(root / "README.md").data.get("configs") or []
-    entry = next((c for c in configs if c.get("config_name", "default") == name), None)
-    if entry is None and name == "default":
-        files = sorted(root.glob("data/*.parquet"))
-        entry = {"data_files": [{"split": p.name.split("-")[0], "path": f"data/{p.name}"} for p in files]}
-    if entry is None or not entry.get("data_files"):
-        return None
-    data_files = entry["data_files"]
-    if isinstance(data_files, str | dict):
-        data_files = [data_files]
-    splits: dict[str, list] = {}
-    for item in data_files:
-        split, patterns = (item.get("split", "train"), item["path"]) if isinstance(item, dict) else ("train", item)
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            splits.setdefault(split, []).extend(sorted(root.glob(pattern)))
-    tables = {
-        split: Dataset(pa.concat_tables([pq.read_table(path) for path in paths]))
-        for split, paths in splits.items()
-        if paths
-    }
-    return DatasetDict(tables) if tables else None
-
-
-# The files that builds of `dataset_builders` wrote before their `build_info.json` listed them (fixed names).
-_LEGACY_BUILD_FILES = {
-    "default": {split: [f"data/{split}-00000-of-00001.parquet"] for split in ("train", "validation", "test")},
-    "items": {"train": ["items/items-00000-of-00001.parquet"]},
-}
-
-
-def _built_folder_files(root):
-    """The files of each config of a folder written by `dataset_builders`, from its `build_info.json`.
-
-    The list is the builder's record of what it wrote (`output.configs`); folders built before that record existed
-    used fixed file names.
-
-    Args:
-        root (`Path`):
-            The dataset folder.
-
-    Returns:
-        `dict[str, dict[str, list[Path]]]` (config -> split -> files), or `None` for a folder not written by
-        `dataset_builders`.
-    """
-    import json
-
-    try:
-        info = json.loads((root / "build_info.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    output = info.get("output")
-    if isinstance(output, dict) and output.get("builder") == "dataset_builders":
-        configs = output.get("configs") or {}
-    elif "output" not in info and "dataset" in info and "prompt_list_format" in info:
-        configs = _LEGACY_BUILD_FILES
-    else:
-        return None
-    return {
-        config: {split: [root / path for path in paths] for split, paths in splits.items()}
-        for config, splits in configs.items()
-    }
+    warnings.warn(
+        "trl_dynamicpo.data.load_dataset_folder moved to dataset_builders.folder.load_dataset_folder; this alias will "
+        "be removed in a future release.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return load(folder, config)

@@ -551,7 +551,11 @@ class DynamicPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ model card
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        """Write this library's model card (tags, the loss and its hyperparameters, citations) to `output_dir`."""
+        """Write this library's model card (tags, the loss and its hyperparameters, citations) to `output_dir`.
+
+        TRL's hook (called by `save_model`, `push_to_hub` and each checkpoint): the card is rendered by
+        [`~trl_dynamicpo.hub.build_model_card`] from this package's template instead of TRL's `lm_model_card.md`.
+        """
         if not self.is_world_process_zero():
             return
         from .hub import build_model_card
@@ -562,7 +566,7 @@ class DynamicPOTrainer(DPOTrainer):
         card = build_model_card(
             model_name=model_name or Path(self.args.output_dir).name,
             base_model=base_model,
-            loss_type="+".join(self.loss_types),
+            loss_type=list(self.loss_types),
             hyperparameters=self.loss_hyperparameters(),
             dataset_name=dataset_name,
             hub_model_id=self.hub_model_id if self.args.push_to_hub else None,

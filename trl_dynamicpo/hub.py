@@ -1,12 +1,13 @@
-"""Publish preference datasets and trained LoRA recommenders to the Hugging Face Hub, and load them back.
+"""Publish trained LoRA recommenders to the Hugging Face Hub, write their model cards, and load them back.
 
-- [`push_dataset_folder`] pushes a dataset folder written by `dataset_builders` (Parquet shards of every config plus a
-  dataset card) with `DatasetDict.push_to_hub`, then restores the builder's card on top of what `push_to_hub` wrote.
 - [`push_adapter_folder`] pushes a saved adapter folder (adapter weights and config, tokenizer, model card).
-- [`build_model_card`] writes the model card of a trained recommender (metadata, loss, data, metrics, usage,
-  citations); the trainer calls it from `create_model_card`.
+- [`build_model_card`] writes the model card of a trained recommender from the template
+  `trl_dynamicpo/templates/model_card.md` (metadata, loss, data, metrics, usage, citations); the trainer calls it
+  from `create_model_card`.
 - [`load_recommender`] returns a `PeftModel` and its tokenizer ready for generation, from a Hub repo id, a local
   folder, or the local Hugging Face cache when offline.
+
+Dataset folders are read and pushed by `dataset_builders.folder`, which owns their format.
 
 A push that fails midway raises [`HubPushError`]; nothing in the local folder is modified, and calling the same
 function again finishes the push (files already on the Hub are skipped by the Hub client).
@@ -26,7 +27,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,15 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .losses import LOSS_ALIASES, LOSS_SPECS
-
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["HubPushError", "build_model_card", "load_recommender", "push_adapter_folder", "push_dataset_folder"]
 
 HUB_URL = "https://huggingface.co"
+# The model card's Jinja2 template and the BibTeX it cites, shipped with the package (package data).
+TEMPLATES = Path(__file__).parent / "templates"
+
 
 # Files of an adapter repo that `load_recommender` needs: adapter weights/config and every tokenizer file that
 # `save_pretrained` writes. Checkpoints, optimizer states and training arguments are never downloaded.
@@ -66,45 +69,12 @@ _TOKENIZER_FILES = [
 # that loading the adapter needs, so it never leaves the machine.
 _ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock", "training_args.bin"]
 
-# BibTeX of the methods this library implements and of TRL, by the keys of `LossSpec.citations`: a model card cites
-# DynamicPO, what each of its losses builds on, and TRL.
-CITATIONS = {
-    "dynamicpo": """@inproceedings{hu2026dynamicpo,
-    title         = {{DynamicPO: Dynamic Preference Optimization for Recommendation}},
-    author        = {Xingyu Hu and Kai Zhang and Jiancan Wu and Shuli Wang and Chi Wang and Wenshuai Chen and Yinhua Zhu and Haitao Wang and Xingxing Wang and Xiang Wang},
-    booktitle     = {Database Systems for Advanced Applications (DASFAA)},
-    year          = 2026,
-    eprint        = {2605.00327},
-    archivePrefix = {arXiv},
-    primaryClass  = {cs.IR}
-}""",
-    "sdpo": """@inproceedings{chen2024softmax,
-    title         = {{On Softmax Direct Preference Optimization for Recommendation}},
-    author        = {Yuxin Chen and Junfei Tan and An Zhang and Zhengyi Yang and Leheng Sheng and Enzhi Zhang and Xiang Wang and Tat-Seng Chua},
-    booktitle     = {Advances in Neural Information Processing Systems (NeurIPS)},
-    year          = 2024,
-    eprint        = {2406.09215},
-    archivePrefix = {arXiv},
-    primaryClass  = {cs.IR}
-}""",
-    "napo": """@article{ding2025negative,
-    title         = {{On Negative-aware Preference Optimization for Recommendation}},
-    author        = {Chenlu Ding and Daoxuan Liu and Jiancan Wu and Xingyu Hu and Junkang Wu and Haitao Wang and Yongkang Wang and Xingxing Wang and Xiang Wang},
-    journal       = {arXiv preprint arXiv:2508.09653},
-    year          = 2025,
-    eprint        = {2508.09653},
-    archivePrefix = {arXiv},
-    primaryClass  = {cs.IR}
-}""",
-    "trl": """@misc{vonwerra2020trl,
-    title        = {{TRL: Transformer Reinforcement Learning}},
-    author       = {Leandro von Werra and Younes Belkada and Lewis Tunstall and Edward Beeching and Tristan Thrush and Nathan Lambert and Shengyi Huang and Kashif Rasul and Quentin Gallou{\\'e}dec},
-    year         = 2020,
-    journal      = {GitHub repository},
-    publisher    = {GitHub},
-    howpublished = {\\url{https://github.com/huggingface/trl}}
-}""",
-}
+# BibTeX of the methods this library implements and of TRL, by the keys of `LossSpec.citations` (read from
+# `templates/citations.bib`, where a `% key: <name>` line precedes each entry): a model card cites DynamicPO, what each
+# of its losses builds on, and TRL.
+CITATIONS: dict[str, str] = dict(
+    re.findall(r"^% key: (\w+)\n(@.*?^\})", (TEMPLATES / "citations.bib").read_text("utf-8"), re.MULTILINE | re.DOTALL)
+)
 
 _METRIC_NAMES = {
     "hr": "HR",
@@ -140,6 +110,22 @@ _NOT_METRICS = {
 class HubPushError(RuntimeError):
     """A push to the Hub failed midway. The local folder is untouched; running the same call again finishes it."""
 
+    @classmethod
+    def after(
+        cls, err: Exception, *, kind: str, folder: Path, repo_id: str, stage: str, call: str, token: str | None
+    ) -> "HubPushError":
+        """The error of a push of the `kind` folder `folder` that `err` stopped while `stage`, without any token.
+
+        `call` is the call that finishes the push when run again; every token that could have been used (`token`,
+        the environment's, the logged-in one) is removed from the message.
+        """
+        cause = _redact(f"{type(err).__name__}: {err}".strip(), token)
+        return cls(
+            f"Pushing the {kind} folder '{folder}' to the Hub repo '{repo_id}' failed while {stage}: {cause}\n"
+            f"The local folder was not modified. Run `{call}` again to finish the push; files that already reached "
+            "the Hub are not uploaded twice."
+        )
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -165,15 +151,6 @@ def _redact(text: str, token: str | None) -> str:
     return text
 
 
-def _push_error(kind: str, folder: Path, repo_id: str, stage: str, call: str, err: Exception, token) -> HubPushError:
-    cause = _redact(f"{type(err).__name__}: {err}".strip(), token)
-    return HubPushError(
-        f"Pushing the {kind} folder '{folder}' to the Hub repo '{repo_id}' failed while {stage}: {cause}\n"
-        f"The local folder was not modified. Run `{call}` again to finish the push; files that already reached the "
-        "Hub are not uploaded twice."
-    )
-
-
 def _is_offline() -> bool:
     """Offline mode, also when `HF_HUB_OFFLINE` is set after `huggingface_hub` was imported."""
     from huggingface_hub import constants
@@ -181,150 +158,24 @@ def _is_offline() -> bool:
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _data_dir_of(config: dict) -> str | None:
-    """Top-level folder of a dataset config's `data_files` patterns, if they all share one."""
-    data_files = config.get("data_files")
-    if data_files is None:
-        return None
-    if isinstance(data_files, (str, dict)):
-        data_files = [data_files]
-    patterns = []
-    for entry in data_files:
-        paths = entry.get("path") if isinstance(entry, dict) else entry
-        patterns.extend([paths] if isinstance(paths, str) else paths)
-    tops = {pattern.split("/")[0] for pattern in patterns if "/" in pattern}
-    return tops.pop() if len(tops) == 1 and all("/" in p for p in patterns) else None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------------------------------
-def push_dataset_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    token: str | None = None,
-    private: bool = False,
-    commit_message: str | None = None,
-) -> str:
-    """Push a dataset folder built by `dataset_builders` to a Hub dataset repo.
+def push_dataset_folder(folder: str | os.PathLike, repo_id: str, **kwargs) -> str:
+    """Deprecated: use `dataset_builders.folder.push_dataset_folder` (the builder owns its folder format).
 
-    The folder holds a dataset card `README.md` whose YAML `configs` list the Parquet files of each config (the
-    `default` config with splits train/validation/test under `data/`, the `items` config under `items/`), plus other
-    files such as `build_info.json`. Every config is loaded from the folder and pushed with
-    `DatasetDict.push_to_hub` (which writes the Parquet shards and the `dataset_info` features/sizes); then the
-    builder's card is uploaded as the final `README.md`: its body and metadata are kept, and its `configs` point to
-    the pushed shards. The other files of the folder are uploaded alongside.
-
-    Args:
-        folder (`str` or `os.PathLike`):
-            The dataset folder. It is only read.
-        repo_id (`str`):
-            The dataset repo (`user/name`); created if it does not exist.
-        token (`str`, *optional*):
-            Hub token with write access. Defaults to the logged-in token / `HF_TOKEN`.
-        private (`bool`, *optional*, defaults to `False`):
-            Whether a newly created repo is private.
-        commit_message (`str`, *optional*):
-            Message of the commits; the config name is appended for the data commits.
-
-    Returns:
-        `str`: URL of the dataset repo.
-
-    Raises:
-        `HubPushError`: if the push fails midway (network error, server error). Running the same call again finishes
-        the push.
-
-    Example:
-
-    ```python
-    >>> from datasets import load_dataset
-    >>> from trl_dynamicpo.hub import push_dataset_folder
-    >>> url = push_dataset_folder("datasets/lastfm-sdpo", "my-user/lastfm-sdpo")
-    >>> load_dataset("my-user/lastfm-sdpo")["train"][0]["chosen"]
-    ```
+    Pushes a dataset folder built by `dataset_builders` to a Hub dataset repo, as that function does (same arguments:
+    `token`, `private`, `commit_message`; raises [`HubPushError`] when the push fails midway).
     """
-    from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi
+    from dataset_builders.folder import push_dataset_folder as push
 
-    from .data import load_dataset_folder
-
-    folder = Path(folder)
-    validate_repo_id(repo_id)
-    card_path = folder / "README.md"
-    if not card_path.is_file():
-        raise FileNotFoundError(f"{folder} has no dataset card README.md; build the dataset folder first.")
-    card = DatasetCard.load(card_path)
-    configs = card.data.get("configs") or [{"config_name": "default"}]
-    call = f"push_dataset_folder({str(folder)!r}, {repo_id!r})"
-
-    # Load everything before talking to the Hub: a bad folder fails fast, without touching the repo.
-    loaded = []
-    for config in configs:
-        name = config.get("config_name", "default")
-        dataset = load_dataset_folder(folder, name)
-        if dataset is None:
-            raise FileNotFoundError(f"{folder}: the card lists the config {name!r} but none of its files exist.")
-        data_dir = _data_dir_of(config) or ("data" if name == "default" else name)
-        loaded.append((config, name, data_dir, dataset))
-    data_dirs = {data_dir for _, _, data_dir, _ in loaded}
-    extra_files = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path != card_path
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and path.relative_to(folder).parts[0] not in data_dirs
+    warnings.warn(
+        "trl_dynamicpo.hub.push_dataset_folder moved to dataset_builders.folder.push_dataset_folder; this alias will be "
+        "removed in a future release.",
+        FutureWarning,
+        stacklevel=2,
     )
-
-    api = HfApi(token=token)
-    stage = "creating the repo"
-    try:
-        repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        for config, name, data_dir, dataset in loaded:
-            stage = f"uploading the '{name}' config"
-            dataset.push_to_hub(
-                repo_id,
-                config_name=name,
-                data_dir=data_dir,
-                set_default=True if config.get("default") and name != "default" else None,
-                private=private,
-                token=token,
-                commit_message=f"{commit_message or 'Upload dataset'} ({name} config)",
-            )
-
-        stage = "uploading the dataset card"
-        # push_to_hub rewrote README.md: its YAML now describes the pushed shards (configs + dataset_info), but its
-        # body and the builder's metadata come from whatever card was there before. Rebuild the builder's card with
-        # the pushed configs and features.
-        # The card is read at a known commit and written on top of it, so a concurrent commit fails (412) instead of
-        # being overwritten.
-        head = api.repo_info(repo_id, repo_type="dataset").sha
-        pushed_card = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head)
-        pushed = DatasetCard.load(pushed_card).data
-        pushed_configs = {c.get("config_name", "default"): c for c in pushed.get("configs") or []}
-        final_configs = []
-        for config in configs:
-            name = config.get("config_name", "default")
-            pushed_config = pushed_configs.pop(name, None)
-            final_configs.append({**config, "data_files": pushed_config["data_files"]} if pushed_config else config)
-        final_configs.extend(pushed_configs.values())  # configs pushed earlier by someone else stay usable
-        card.data["configs"] = final_configs
-        if pushed.get("dataset_info") is not None:
-            card.data["dataset_info"] = pushed.get("dataset_info")
-
-        operations = [CommitOperationAdd("README.md", str(card).encode("utf-8"))]
-        operations += [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in extra_files]
-        api.create_commit(
-            repo_id,
-            operations=operations,
-            commit_message=commit_message or "Upload dataset card",
-            repo_type="dataset",
-            parent_commit=head,
-        )
-    except Exception as err:  # any failure midway: report which step, and how to resume
-        raise _push_error("dataset", folder, repo_id, stage, call, err, token) from err
-    logger.info("Pushed dataset folder %s to %s", folder, repo_url)
-    return str(repo_url)
+    return push(folder, repo_id, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -390,7 +241,9 @@ def push_adapter_folder(
             ignore_patterns=_ADAPTER_IGNORE_PATTERNS,
         )
     except Exception as err:  # any failure midway: report which step, and how to resume
-        raise _push_error("adapter", folder, repo_id, stage, call, err, token) from err
+        raise HubPushError.after(
+            err, kind="adapter", folder=folder, repo_id=repo_id, stage=stage, call=call, token=token
+        ) from err
     logger.info("Pushed adapter folder %s to %s", folder, repo_url)
     return str(repo_url)
 
@@ -442,38 +295,11 @@ def _format_value(value: Any) -> str | None:
     return text.replace("|", "\\|") if text else None
 
 
-def _usage_snippet(model_ref: str, base_model: str | None, is_adapter: bool) -> str:
-    if is_adapter:
-        base_arg = f', base_model="{base_model}"' if base_model else ""
-        # Without a Hub base model the adapter config may name a folder of the training machine.
-        hint = "" if base_model else "# Pass base_model= (Hub id or folder) if the base model is not found.\n"
-        load = (
-            f"from trl_dynamicpo.hub import load_recommender\n\n"
-            f'{hint}model, tokenizer = load_recommender("{model_ref}"{base_arg})'
-        )
-    else:
-        load = (
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}", padding_side="left")\n'
-            f'model = AutoModelForCausalLM.from_pretrained("{model_ref}").eval()'
-        )
-    return f"""```python
-{load}
-prompt = (
-    "This user recently listened to: Radiohead, Portishead, Massive Attack. "
-    "Choose the next artist from these candidates: Björk, Metallica, Tricky, Slayer. Answer:"
-)
-inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-```"""
-
-
 def build_model_card(
     *,
     model_name: str,
     base_model: str | None,
-    loss_type: str,
+    loss_type: str | Sequence[str],
     hyperparameters: dict,
     dataset_name: str | None = None,
     hub_model_id: str | None = None,
@@ -488,19 +314,20 @@ def build_model_card(
 
     The YAML metadata has `base_model` (only for a Hub model id, never a local path), `datasets` (a Hub dataset id),
     `library_name`, `pipeline_tag`, `license`, `tags` (`trl`, `trl-dynamicpo`, `recommendation`, `lora` for a peft
-    adapter, each loss and `tags`) and, when `eval_results` is given, a `model-index` with one metric per numeric entry. The body describes
-    the task, the loss and its hyperparameters, the training data, the evaluation results, a usage snippet and the
-    BibTeX citations (DynamicPO, S-DPO, NAPO for the NAPO loss, TRL). Values that are None and local paths are left
-    out, and keys containing "token" are never written.
+    adapter, each loss and `tags`) and, when `eval_results` is given, a `model-index` with one metric per numeric
+    entry. The body, rendered from the Jinja2 template `templates/model_card.md` with `ModelCard.from_template`,
+    describes the task, the loss (its `LossSpec.description`) and its hyperparameters, the training data, the
+    evaluation results, a usage snippet and the BibTeX citations (`CITATIONS`: DynamicPO, what each loss builds on,
+    TRL). Values that are None and local paths are left out, and keys containing "token" are never written.
 
     Args:
         model_name (`str`):
             Name of the model (e.g. the output folder's name); used in the title and the `model-index`.
         base_model (`str` or `None`):
             Hub id of the base model; None or a local path leaves it out of the metadata.
-        loss_type (`str`):
+        loss_type (`str` or `Sequence[str]`):
             Loss the adapter was trained with (`"sdpo"`, `"dmpo"`, `"napo"`, `"dynamicpo"`, ...); combined losses
-            are joined with "+" (e.g. `"sdpo+dynamicpo"`).
+            as a list (`["sdpo", "dynamicpo"]`) or joined with "+" (`"sdpo+dynamicpo"`).
         hyperparameters (`dict`):
             Training hyperparameters shown in a table (e.g. beta, number of negatives, learning rate, LoRA rank).
         dataset_name (`str`, *optional*):
@@ -539,35 +366,31 @@ def build_model_card(
     >>> card.save("outputs/lastfm-dynamicpo/README.md")
     ```
     """
-    # A run may combine losses ("sdpo+dynamicpo"): describe, tag and cite each of them.
-    loss_names = [name.strip().lower() for name in re.split(r"[+,]", loss_type) if name.strip()]
+    from .losses import LOSS_ALIASES, LOSS_SPECS
+
+    # A run may combine losses: describe, tag and cite each of them.
+    names = re.split(r"[+,]", loss_type) if isinstance(loss_type, str) else loss_type
+    loss_names = [name.strip().lower() for name in names if name.strip()]
+    specs = [LOSS_SPECS.get(LOSS_ALIASES.get(name, name)) for name in loss_names]
     is_adapter = library_name == "peft"
     hub_base = base_model if _is_hub_id(base_model) else None
     hub_dataset = dataset_name if _is_hub_id(dataset_name) else None
-    model_ref = hub_model_id if _is_hub_id(hub_model_id) else model_name
-
-    all_tags = []
-    for tag in ["trl", "trl-dynamicpo", "recommendation", "lora" if is_adapter else None, *loss_names, *(tags or [])]:
-        if tag and tag not in all_tags:
-            all_tags.append(tag)
-
-    metrics = _metrics(eval_results)
     dataset_label = hub_dataset or (Path(dataset_name).name if dataset_name else None)
-    eval_entries = None
-    if metrics:
-        eval_entries = [
-            EvalResult(
-                task_type="text-generation",
-                task_name="Next-item recommendation",
-                dataset_type=hub_dataset or "custom",
-                dataset_name=dataset_label or "Evaluation set",
-                dataset_split=eval_dataset_split,
-                metric_type=metric_type,
-                metric_name=name,
-                metric_value=value,
-            )
-            for metric_type, name, value in metrics
-        ]
+
+    metrics = [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Next-item recommendation",
+            dataset_type=hub_dataset or "custom",
+            dataset_name=dataset_label or "Evaluation set",
+            dataset_split=eval_dataset_split,
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=value,
+        )
+        for metric_type, name, value in _metrics(eval_results)
+    ]
+    all_tags = ["trl", "trl-dynamicpo", "recommendation", "lora" if is_adapter else None, *loss_names, *(tags or [])]
     card_data = ModelCardData(
         base_model=hub_base,
         datasets=[hub_dataset] if hub_dataset else None,
@@ -575,75 +398,33 @@ def build_model_card(
         license=license,
         model_name=model_name,
         pipeline_tag=pipeline_tag,
-        tags=all_tags,
-        eval_results=eval_entries,
-    )
-
-    lines = [f"# {model_name}", ""]
-    base_text = f"[{hub_base}]({HUB_URL}/{hub_base})" if hub_base else "a causal language model"
-    kind = "a LoRA adapter for" if is_adapter else "a fine-tuned version of"
-    lines.append(
-        f"This model is {kind} {base_text} that turns it into a sequential recommender: given the items a user "
-        "interacted with (oldest first) and a list of candidate items, it generates the title of the item the user "
-        "is most likely to interact with next."
-    )
-    lines += ["", "## Training procedure", ""]
-    specs = [LOSS_SPECS.get(LOSS_ALIASES.get(name, name)) for name in loss_names]
-    descriptions = [
-        spec.description if spec else f"the `{name}` preference loss" for name, spec in zip(loss_names, specs)
-    ]
-    lines.append(
-        "It was trained with `trl-dynamicpo`, built on [TRL](https://github.com/huggingface/trl), using "
-        f'`loss_type="{"+".join(loss_names)}"`: {"; ".join(descriptions)}. Here '
-        + ("s(y) is the summed log-probability of an answer under the trained model, " if "napo" in loss_names else "")
-        + (
-            ""
-            if loss_names == ["napo"]
-            else "r(y) the log-probability ratio of an answer under the trained model and the reference model, "
-        )
-        + "y_w the target item and y_j the negative items (other candidates)."
+        tags=list(dict.fromkeys(tag for tag in all_tags if tag)),
+        eval_results=metrics or None,
     )
     rows = [
         (key, _format_value(value)) for key, value in (hyperparameters or {}).items() if "token" not in key.lower()
     ]
-    rows = [(key, text) for key, text in rows if text is not None]
-    if rows:
-        lines += ["", "| Hyperparameter | Value |", "|---|---|"]
-        lines += [f"| {key} | {text} |" for key, text in rows]
-
-    lines += ["", "## Training data", ""]
-    if hub_dataset:
-        lines.append(f"[{hub_dataset}]({HUB_URL}/datasets/{hub_dataset}): one row per user and target item.")
-    elif dataset_label:
-        lines.append(f"The `{dataset_label}` preference dataset: one row per user and target item.")
-    else:
-        lines.append("A preference dataset with one row per user and target item.")
-    lines[-1] += (
-        " Each prompt lists the user's recent history and the candidate items; the chosen answer is the target item "
-        "and the rejected answers are the other candidates."
-    )
-
-    lines += ["", "## Evaluation", ""]
-    if metrics:
-        lines.append(f"Results on the `{eval_dataset_split}` split.")
-        if any(metric_type in ("hr@1", "valid_ratio") for metric_type, _, _ in metrics):
-            lines[-1] += (
-                " Generated answers use greedy decoding: ValidRatio is the share of prompts whose answer names exactly "
-                "one candidate, HR@1 the share of prompts whose valid answer names the target item."
-            )
-        lines += ["", "| Metric | Value |", "|---|---|"]
-        lines += [f"| {name} | {value:.4f} |" for _, name, value in metrics]
-    else:
-        lines.append("No evaluation results were recorded for this model.")
-
-    lines += ["", "## Usage", "", _usage_snippet(model_ref, hub_base, is_adapter), ""]
-    lines += ["## Citations", "", "```bibtex"]
     # This library's method, then what each loss builds on (its `LossSpec.citations`), then TRL.
     cited = dict.fromkeys(["dynamicpo", *(key for spec in specs if spec for key in spec.citations), "trl"])
-    lines.append("\n\n".join(CITATIONS[key] for key in cited))
-    lines += ["```", ""]
-
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "model_card.md"),
+        hub_url=HUB_URL,
+        model_name=model_name,
+        base_model=hub_base,
+        is_adapter=is_adapter,
+        model_ref=hub_model_id if _is_hub_id(hub_model_id) else model_name,
+        loss_names=loss_names,
+        loss_descriptions=[
+            spec.description if spec else f"the `{name}` preference loss" for name, spec in zip(loss_names, specs)
+        ],
+        hyperparameters=[(key, text) for key, text in rows if text is not None],
+        hub_dataset=hub_dataset,
+        dataset_label=dataset_label,
+        eval_split=eval_dataset_split,
+        metrics=metrics,
+        citations=[CITATIONS[key] for key in cited],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,7 @@
 """The built folder: Parquet layout, `load_dataset` round trip (default and `items` configs), dataset card, build info,
-summary, and the push to the Hub (through `trl_dynamicpo.hub.push_dataset_folder`)."""
+summary, and the push to the Hub (through `dataset_builders.folder.push_dataset_folder`)."""
 
 import json
-import sys
-import types
 
 import pytest
 from fixtures import movie_titles, synthetic_ratings, write_ml100k
@@ -102,23 +100,26 @@ def test_summary_and_api(built, tmp_path, capsys):
     assert {s: dataset[s].to_list() for s in SPLITS} == {s: built.dataset[s].to_list() for s in SPLITS}
 
 
-def test_push_to_hub_calls_hub_module(built, tmp_path, monkeypatch):
+def test_push_to_hub_pushes_the_written_folder(built, tmp_path, monkeypatch):
+    import dataset_builders.folder
+
     calls = []
-    fake = types.ModuleType("trl_dynamicpo.hub")
-    fake.push_dataset_folder = lambda folder, repo_id, token=None, private=False: calls.append(
-        (folder, repo_id, token, private)
-    )
-    monkeypatch.setitem(sys.modules, "trl_dynamicpo.hub", fake)
+    fake = lambda folder, repo_id, token=None, private=False: calls.append((folder, repo_id, token, private))  # noqa: E731
+    monkeypatch.setattr(dataset_builders.folder, "push_dataset_folder", fake)
     raw = built.output_dir.parent / "raw"
     config = BuildConfig(
         raw_dir=str(raw), progress=False, verbose=False, num_candidates=10, push_to_hub="me/ml", private=True
     )
     run_build("movielens-100k", tmp_path / "pushed", config)
     assert calls == [(str(tmp_path / "pushed"), "me/ml", None, True)]
-    monkeypatch.setitem(sys.modules, "trl_dynamicpo.hub", None)  # module unavailable
-    with pytest.raises(ImportError, match="push_dataset_folder"):
+
+    def fail(*args, **kwargs):
+        raise ConnectionError("the Hub is unreachable")
+
+    monkeypatch.setattr(dataset_builders.folder, "push_dataset_folder", fail)
+    with pytest.raises(ConnectionError, match="unreachable"):
         run_build("movielens-100k", tmp_path / "pushed2", config)
-    assert (tmp_path / "pushed2" / "README.md").exists()  # the folder is written before the push
+    assert (tmp_path / "pushed2" / "README.md").exists()  # the folder is written (and kept) before the push
 
 
 def test_push_to_loopback_hub(built, tmp_path, hub_server):

@@ -386,9 +386,9 @@ def test_ml100k_teacher_beats_popularity(tmp_path):
 def test_napo_margin_moves_with_the_teachers_confidence_on_built_rows(rule_build, tmp_path):
     from datasets import Dataset
 
+    from dataset_builders import load_dataset_folder
     from tests.testing_utils import make_tiny_model, make_tokenizer, tiny_config
     from trl_dynamicpo import DynamicPOTrainer
-    from trl_dynamicpo.data import load_dataset_folder
 
     train = load_dataset_folder(rule_build.output_dir)["train"]
     columns = ["prompt", "chosen", "rejected", "rejected_scores", "embedding"]

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, DatasetDict
 
-from dataset_builders import SOURCES, BuildConfig, run_build
-from trl_dynamicpo.data import load_dataset_folder
+from dataset_builders import SOURCES, BuildConfig, load_dataset_folder, run_build
 
 from ..dataset_builders.fixtures import REPO, movie_titles, synthetic_ratings, write_ml100k
 
