@@ -586,6 +586,18 @@ def test_model_card_without_optional_fields_and_napo(tmp_path):
         assert "No evaluation results" in text and "base_model=" in text  # the snippet says to pass the base
 
 
+def test_model_card_lists_the_teacher_baseline():
+    results = {"ranking/hr@1": 0.1, "baseline_popularity/hr@1": 0.2, "baseline_sasrec/hr@1": 0.42}
+    card = build_model_card(model_name="m", base_model=None, loss_type="dynamicpo", hyperparameters={},
+                            eval_results=results)  # fmt: skip
+    text = str(card)
+    assert "| HR@1 (baseline_sasrec) | 0.4200 |" in text and "| HR@1 (baseline_popularity) | 0.2000 |" in text
+    names = [
+        r["name"] for entry in front_matter(card)["model-index"] for res in entry["results"] for r in res["metrics"]
+    ]
+    assert "HR@1 (baseline_sasrec)" in names
+
+
 def test_model_card_mppo():
     card = build_model_card(model_name="run-9", base_model="org/base", loss_type="mppo", hyperparameters={"beta": 1.0})
     text, meta = str(card), front_matter(card)
