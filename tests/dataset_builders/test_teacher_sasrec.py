@@ -158,7 +158,9 @@ def test_build_info_and_card_describe_the_teacher(rule_build):
     test = teacher["metrics"]["test"]
     assert f"| test | {test['rows']:,} | {test['hr@1']:.4f} |" in card
     assert "floats in all)" in card  # the example row's embedding is shortened
-    assert "train_seconds" not in card and str(teacher["train_seconds"]) not in card  # the card is deterministic
+    # The card holds no wall time, so that it is deterministic (compared byte for byte across builds in
+    # test_build_with_a_teacher_is_deterministic); the value itself may appear by chance among the embedding's digits.
+    assert "train_seconds" not in card and "train seconds" not in card.lower()
     assert "test HR@1" in rule_build.summary
 
 
