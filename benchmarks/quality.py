@@ -25,6 +25,7 @@ setting re-evaluates without retraining).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
+from trl_dynamicpo import io_utils  # noqa: E402
 
 
 POLICY_LOSSES = ("dpo", "sdpo", "dmpo", "dynamicpo")
@@ -182,17 +185,9 @@ def fingerprint(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_json(path: Path, data) -> None:
-    from trl_dynamicpo.evaluation import _jsonable
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+# The committed results keep their one-space indent.
+write_json = functools.partial(io_utils.write_json, indent=1)
+read_json = io_utils.read_json
 
 
 class Study:
@@ -306,19 +301,17 @@ class Study:
         model, tokenizer = load_causal_lm(self.args.model_name_or_path, attn_implementation="sdpa")
         return model.to(self.device), tokenizer
 
-    def lora_config(self, num_layers: int):
+    def lora_config(self, model):
         from peft import LoraConfig
 
+        from trl_dynamicpo.model_utils import adapt_top_layers
+
         a = self.args
-        return LoraConfig(
-            r=a.lora_r,
-            lora_alpha=a.lora_alpha,
-            lora_dropout=a.lora_dropout,
-            target_modules=LORA_TARGETS,
-            layers_to_transform=list(range(num_layers - a.trainable_layers, num_layers)),
-            layers_pattern="layers",
+        config = LoraConfig(
+            r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, target_modules=LORA_TARGETS,
             task_type="CAUSAL_LM",
-        )
+        )  # fmt: skip
+        return adapt_top_layers(config, model, a.trainable_layers)
 
     def autocast(self):
         import torch
@@ -430,7 +423,7 @@ class Study:
         model, _ = self.load_base()
         start = time.perf_counter()
         if cell == "sft":
-            model = get_peft_model(model, self.lora_config(len(model.model.layers)))
+            model = get_peft_model(model, self.lora_config(model))
             args = self.trainer_config(
                 folder,
                 loss_type=["sft"],

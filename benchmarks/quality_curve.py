@@ -40,18 +40,24 @@ def main(argv: list[str] | None = None) -> int:
 
     (base,) = TrlParser((quality.QualityArguments,)).parse_args_and_config(["--config", args.config, *extra])
     out = Path(base.output_dir)
-    points = []
     for n in args.rows:
         study_args = [
             "--config", args.config, *extra, "--train_rows", str(n),
             "--work_dir", str(Path(base.work_dir) / f"rows-{n}"), "--output_dir", str(out / f"rows-{n}"),
         ]  # fmt: skip
         if args.oracle_only:
+            if (out / f"rows-{n}" / "results.json").exists():
+                continue  # the committed report of that row count is all the curve needs
             study_args.append("--report_only")
         quality.main(study_args)
-        results = json.loads((out / f"rows-{n}" / "results.json").read_text())
-        for cell in results["cells"]:
+    # Every row count that has a report joins the curve, also those run in an earlier session (their work_dir may be
+    # gone: only the committed results.json is read).
+    points = []
+    for path in sorted(out.glob("rows-*/results.json"), key=lambda p: int(p.parent.name.split("-")[1])):
+        n = int(path.parent.name.split("-")[1])
+        for cell in json.loads(path.read_text())["cells"]:
             points.append({"train_rows": n, **{k: cell[k] for k in ("name", "hr@1", "hr@1_ci", "ndcg@10")}})
+    previous = quality.read_json(out / "learning_curve.json") or {}
 
     # The frequency oracle on the same evaluation prompts, for many N (no model involved).
     from trl_dynamicpo.evaluation import baseline_scores, target_indices, target_ranks
@@ -81,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     # Does a model know anything popularity does not? Add its scores to λ·log(1 + train count) and compare with
     # popularity alone on the same prompts, λ cross-fitted (chosen on the even prompts for the odd ones and back).
     fusion = []
+    earlier = {(f["train_rows"], f["name"]): f for f in previous.get("popularity_fusion", [])}
     for point in points:
-        scores = np.load(Path(base.work_dir) / f"rows-{point['train_rows']}" / "cells" / point["name"] / "scores.npy")
+        path = Path(base.work_dir) / f"rows-{point['train_rows']}" / "cells" / point["name"] / "scores.npy"
+        if not path.exists():  # scored in an earlier session: keep what it measured, if anything
+            if (point["train_rows"], point["name"]) in earlier:
+                fusion.append(earlier[point["train_rows"], point["name"]])
+            continue
+        scores = np.load(path)
         fusion.append(
             {"train_rows": point["train_rows"], "name": point["name"],
              **popularity_fusion(scores, baselines["popularity"], target_index, base.bootstrap_resamples, base.seed)}

@@ -48,6 +48,7 @@ from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, SFTConfig
 
 from trl_dynamicpo import DynamicPOConfig
+from trl_dynamicpo.dynamicpo_config import accelerator_support, use_cpu
 from trl_dynamicpo.evaluation import EvaluationConfig
 
 
@@ -424,30 +425,6 @@ def validate_recipe(recipe: RecipeArguments, origin: str) -> None:
                 )
 
 
-def _accelerator() -> tuple[bool, bool]:
-    """(has a GPU-like accelerator, supports bf16)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True, torch.cuda.is_bf16_supported()
-    xpu = bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
-    return xpu, xpu
-
-
-def use_cpu() -> bool:
-    """Train on CPU: `ACCELERATE_USE_CPU` is set (`accelerate launch --cpu`) or there is no GPU-like device.
-
-    Processes started by `torchrun` / `accelerate launch --multi_gpu` on a machine without GPU must build their
-    `PartialState` with `cpu=True` to form a gloo process group; otherwise each would train on the whole dataset.
-    """
-    import torch
-
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
-        return True
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return not (_accelerator()[0] or mps)
-
-
 def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):
     """The `SFTConfig` (stage `"sft"`) or `DynamicPOConfig` (`"preference"`) of the section, plus what the recipe sets.
 
@@ -455,7 +432,7 @@ def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):
     stages get a `DynamicPOConfig` reading `<output_dir>/trunk_cache/train`, SFT as `loss_type=["sft"]` (the chosen
     answer's token-mean NLL, the same loss as SFTTrainer's completion-only loss).
     """
-    has_gpu, has_bf16 = _accelerator()
+    has_gpu, has_bf16 = accelerator_support()
     values = dict(recipe.raw.get(stage) or {})
     checkpointing = values.pop("gradient_checkpointing", None)  # transformers 5 renamed it (the old name warns)
     if values.get("activation_checkpointing") is None:

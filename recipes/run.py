@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import random
-import re
 import shlex
 import shutil
 import sys
@@ -63,9 +62,21 @@ from recipes.recipe_config import (  # noqa: E402
     load_recipe,
     parse_command_line,
     training_arguments,
-    use_cpu,
 )
-from trl_dynamicpo.evaluation import _jsonable  # noqa: E402
+from trl_dynamicpo.checkpoints import (  # noqa: E402
+    CHECKPOINT_MARKER,
+    CompleteCheckpointCallback,
+    find_resume_checkpoint,
+    set_aside,
+)
+from trl_dynamicpo.dynamicpo_config import use_cpu  # noqa: E402
+from trl_dynamicpo.evaluation import (  # noqa: E402
+    format_comparison_table,
+    format_results_table,
+    format_value,
+    save_results,
+)
+from trl_dynamicpo.io_utils import describe_files, files_under, jsonable, read_json, write_json  # noqa: E402
 
 
 # Inputs of each stage: the recipe keys whose change makes a finished stage stale (re-run), besides upstream stages.
@@ -77,22 +88,6 @@ STAGE_KEYS = {
     "publish": ("publish",),
 }
 STAGE_DIRS = {"data": "data", "sft": "sft", "preference": "preference", "evaluate": "evaluate", "publish": "final"}
-COMPARED_METRICS = (
-    "generation/hr@1",
-    "generation/valid_ratio",
-    "ranking/hr@1",
-    "ranking/hr@5",
-    "ranking/ndcg@10",
-    "ranking/mrr",
-    "baseline_popularity/hr@1",
-    "baseline_random/hr@1",
-    "baseline_sasrec/hr@1",
-)
-# Written into `checkpoint-N/` once the Trainer has saved everything there: a checkpoint without it was cut by a kill.
-CHECKPOINT_MARKER = "recipe_checkpoint.json"
-_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
-# Not `checkpoint-...`: the Trainer's `save_total_limit` rotation deletes every `checkpoint-*` folder it counts.
-INCOMPLETE_PREFIX = "incomplete-"
 
 
 class StageInputError(RuntimeError):
@@ -101,45 +96,6 @@ class StageInputError(RuntimeError):
 
 class ForeignFilesError(RuntimeError):
     """A stage folder the run must (re)write holds files the recipe did not write."""
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (temporary file + rename), NaN as null: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_json(path: str | os.PathLike) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def files_under(folder: str | os.PathLike) -> list[str]:
-    """Sorted POSIX paths, relative to `folder`, of every file (and symbolic link) under it; [] when it is missing."""
-    found = []
-    for root, dirs, files in os.walk(folder):  # symbolic links to folders are listed, not followed
-        base = Path(root)
-        found += [
-            (base / name).relative_to(folder).as_posix()
-            for name in files + [d for d in dirs if (base / d).is_symlink()]
-        ]
-    return sorted(found)
-
-
-def _describe_files(files: list[str], limit: int = 8) -> str:
-    """`checkpoint-1/ (9 files), DONE.json, ...`: the files grouped by their top-level entry, for a message."""
-    groups: dict[str, int] = {}
-    for name in files:
-        top, sep, _ = name.partition("/")
-        groups[top + sep] = groups.get(top + sep, 0) + 1
-    shown = [f"{key} ({count} files)" if key.endswith("/") and count > 1 else key for key, count in groups.items()]
-    return ", ".join(shown[:limit]) + (f", and {len(shown) - limit} more" if len(shown) > limit else "")
 
 
 def remove_files(folder: Path, files: list[str]) -> None:
@@ -153,46 +109,6 @@ def remove_files(folder: Path, files: list[str]) -> None:
     for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
         with contextlib.suppress(OSError):  # not empty: it still holds something that is not in `files`
             path.rmdir()
-
-
-def checkpoint_problem(folder: Path, require_marker: bool = True) -> str | None:
-    """Why the checkpoint `folder` cannot be resumed from, or None when it is complete. Without `require_marker` (a
-    stage an older version of this script started), a checkpoint whose `trainer_state.json` reads is complete."""
-    if not any(folder.iterdir()):
-        return "it is empty"
-    marker = read_json(folder / CHECKPOINT_MARKER)
-    if marker is not None:
-        missing = [name for name in marker.get("files", []) if not (folder / name).exists()]
-        return f"it lacks {_describe_files(missing, limit=3)}" if missing else None
-    if require_marker:
-        return f"it has no {CHECKPOINT_MARKER}, which is written once the checkpoint is saved"
-    return "its trainer_state.json is missing or cut" if read_json(folder / "trainer_state.json") is None else None
-
-
-def set_aside(path: Path) -> Path:
-    """Rename `path` to `incomplete-<name>-<time>` next to it (never over an existing folder); returns the new path."""
-    stamp, counter = time.strftime("%Y%m%d-%H%M%S"), 1
-    target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}")
-    while target.exists():
-        counter += 1
-        target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}-{counter}")
-    os.replace(path, target)
-    return target
-
-
-def checkpoint_marker_callback():
-    """A `TrainerCallback` writing `CHECKPOINT_MARKER` (the file list) into each checkpoint, in `on_save`, which runs
-    after the Trainer (and `DynamicPOTrainer`'s own state file) wrote the whole checkpoint."""
-    from transformers import TrainerCallback
-
-    class CheckpointMarker(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and folder.is_dir():
-                files = [name for name in files_under(folder) if name != CHECKPOINT_MARKER]
-                write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step, "files": files})
-
-    return CheckpointMarker()
 
 
 @dataclasses.dataclass
@@ -258,7 +174,7 @@ class RecipeRun:
     def foreign_files_message(self, stage: str, foreign: list[str]) -> str:
         folder = self.stage_dir(stage)
         return (
-            f"{folder} holds {len(foreign)} file(s) that this recipe did not write: {_describe_files(foreign)}. The "
+            f"{folder} holds {len(foreign)} file(s) that this recipe did not write: {describe_files(foreign)}. The "
             f"'{stage}' stage writes that folder and the recipe never deletes or overwrites files of yours: move them "
             f"out of {folder} (or choose another output_dir), then run the same command again."
         )
@@ -385,7 +301,7 @@ class RecipeRun:
                 why = "--overwrite" if self.recipe.overwrite else "its inputs changed since it ran"
                 print(
                     f"    re-running from scratch ({why}): removing the {len(own)} file(s) this recipe wrote in "
-                    f"{folder}: {_describe_files(own)}"
+                    f"{folder}: {describe_files(own)}"
                 )
                 remove_files(folder, own)
             # Checkpoints of a stage started from here on are complete only with their marker (`checkpoint_problem`).
@@ -419,18 +335,8 @@ class RecipeRun:
         """The last complete `checkpoint-N` of an unfinished training stage, or None to train from the start. Newer
         checkpoints a kill cut while they were saved are set aside (renamed, never deleted), with a message."""
         folder = self.stage_dir(stage)
-        if not folder.is_dir():
-            return None
         require_marker = (read_json(self.inputs_path(stage)) or {}).get("checkpoint_marker") == CHECKPOINT_MARKER
-        steps = {int(m.group(1)): path for path in folder.iterdir() if (m := _CHECKPOINT_DIR.fullmatch(path.name))}
-        last, cut = None, []
-        for _, path in sorted(steps.items(), reverse=True):  # the newest first
-            if path.is_dir():
-                problem = checkpoint_problem(path, require_marker)
-                if problem is None:
-                    last = path
-                    break
-                cut.append((path, problem))
+        last, cut = find_resume_checkpoint(folder, require_marker)
         self.barrier()  # every process has judged the checkpoints before the main process renames any
         if self.is_main:
             for path, problem in cut:
@@ -472,14 +378,10 @@ class RecipeRun:
         """`trl.get_peft_config` of the model section, on the top `trainable_layers` layers only when it is set."""
         from trl import get_peft_config
 
-        cfg, config = self.recipe.model, get_peft_config(dataclasses.replace(self.recipe.model, use_peft=True))
-        if cfg.trainable_layers is not None:
-            total = model.config.get_text_config().num_hidden_layers
-            if cfg.trainable_layers > total:
-                raise ValueError(f"model.trainable_layers is {cfg.trainable_layers} but the model has {total} layers.")
-            config.layers_to_transform = list(range(total - cfg.trainable_layers, total))
-            config.layers_pattern = "layers"
-        return config
+        from trl_dynamicpo.model_utils import adapt_top_layers
+
+        config = get_peft_config(dataclasses.replace(self.recipe.model, use_peft=True))
+        return adapt_top_layers(config, model, self.recipe.model.trainable_layers)
 
     def trunk_cache(self, name: str, rows, model, tokenizer, max_prompt_length: int | None = None):
         """The frozen-trunk cache of `rows` (built once, on the main process first), or None when it is off."""
@@ -594,7 +496,7 @@ class RecipeRun:
         return DatasetDict(out)
 
     def _train(self, stage: str, trainer) -> dict:
-        trainer.add_callback(checkpoint_marker_callback())
+        trainer.add_callback(CompleteCheckpointCallback())
         result = trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage))
         trainer.save_model(str(self.stage_dir(stage)))
         trainer.save_state()
@@ -605,7 +507,7 @@ class RecipeRun:
         from trl import SFTTrainer
 
         from trl_dynamicpo import DynamicPOTrainer
-        from trl_dynamicpo.sft_data import tokenize_sft_rows
+        from trl_dynamicpo.sft_data import prepare_sft_dataset
 
         folder = self.stage_dir("sft")
         args = training_arguments(self.recipe, "sft", str(folder))
@@ -616,25 +518,11 @@ class RecipeRun:
         if self.trunk_cache("train", train, model, tokenizer) is not None:  # DynamicPOTrainer(loss_type=["sft"])
             trainer = DynamicPOTrainer(train_dataset=train, **common)
         else:  # rows carry `labels` (-100 on the prompt); long prompts lose their beginning, not their end
-            tokenize = {
-                "tokenizer": tokenizer,
-                "separator": self.recipe.data.completion_separator,
-                "max_length": args.max_length,
-            }
-            args.max_length = None
+            separator, max_length, args.max_length = self.recipe.data.completion_separator, args.max_length, None
 
             def prepare(split, name):
                 with self.main_first():
-                    split = split.map(
-                        tokenize_sft_rows,
-                        batched=True,
-                        fn_kwargs=tokenize,
-                        remove_columns=split.column_names,
-                        desc=f"Tokenizing {name} rows for SFT",
-                    )
-                    return split.filter(
-                        lambda row: len(row["input_ids"]) > 0, desc="Dropping rows longer than max_length"
-                    )
+                    return prepare_sft_dataset(split, tokenizer, separator, max_length, name)
 
             evaluation = prepare(evaluation, "validation") if evaluation is not None else None
             trainer = SFTTrainer(train_dataset=prepare(train, "train"), eval_dataset=evaluation, **common)
@@ -687,7 +575,6 @@ class RecipeRun:
         ]
 
     def stage_evaluate(self) -> StageRecord:
-        from trl_dynamicpo.evaluation import format_results_table, save_results
 
         folder = self.stage_dir("evaluate")
         test, items = self.dataset()[self.recipe.data.test_split], self.dataset("items")
@@ -697,8 +584,8 @@ class RecipeRun:
             results = self.evaluate_model(adapter, test, items)
             outputs[name] = str(save_results(results, folder / name / "eval_results.json"))
             (folder / name / "results.md").write_text(format_results_table(results) + "\n", encoding="utf-8")
-            all_results[name] = _jsonable(results)
-        table = comparison_table(all_results, {n: d for n, d, _ in self.evaluated_models()})
+            all_results[name] = jsonable(results)
+        table = format_comparison_table(all_results, {n: d for n, d, _ in self.evaluated_models()})
         (folder / "comparison.md").write_text(table + "\n", encoding="utf-8")
         write_json(folder / "eval_results.json", all_results)
         print(table)
@@ -796,17 +683,9 @@ class RecipeRun:
         return StageRecord("publish", "ran", outputs=outputs)
 
     def card_hyperparameters(self, trained: str) -> dict[str, Any]:
-        recipe, params = self.recipe, {}
-        pref, sft, model = recipe.preference, recipe.sft, recipe.model
-        if trained == "preference":
-            params.update(
-                loss_type=",".join(pref.loss_type),
-                beta=pref.beta,
-                num_negatives=pref.num_negatives if pref.num_negatives is not None else "all",
-                learning_rate=pref.learning_rate,
-                num_train_epochs=pref.num_train_epochs if pref.max_steps <= 0 else None,
-                max_steps=pref.max_steps if pref.max_steps > 0 else None,
-            )
+        """The preference loss's settings (`DynamicPOConfig.card_hyperparameters`), then SFT's and LoRA's."""
+        pref, sft, model = self.recipe.preference, self.recipe.sft, self.recipe.model
+        params = pref.card_hyperparameters() if trained == "preference" else {}
         return params | {
             "sft_learning_rate": sft.learning_rate,
             "sft_epochs": sft.num_train_epochs if sft.max_steps <= 0 else None,
@@ -834,7 +713,7 @@ class RecipeRun:
         print("\n" + summary_table(self.records))
         evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json")
         if evaluation and any(r.stage == "evaluate" and r.status == "reused" for r in self.records):
-            print(comparison_table(evaluation, {n: d for n, d, _ in self.evaluated_models()}))
+            print(format_comparison_table(evaluation, {n: d for n, d, _ in self.evaluated_models()}))
         print(f"\nRun summary: {path}")
 
 
@@ -852,53 +731,12 @@ def _check_columns(data, cfg) -> None:
         raise ValueError(f"Split '{cfg.test_split}' needs a 'target' or 'chosen' column.")
 
 
-def _format_number(value) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"  # token counts logged as floats
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "n/a" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def _with_interval(results: dict, row: str) -> str:
-    value, interval = _format_number(results[f"{row}/hr@1"]), results.get(f"{row}/hr@1_ci")
-    if interval and all(isinstance(v, (int, float)) for v in interval):
-        return f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]"
-    return value
-
-
-def comparison_table(results: dict[str, dict], names: dict[str, str]) -> str:
-    """Markdown table of the main metrics, one column per evaluated model, then a one-line HR@1 comparison."""
-    models = [m for m in names if m in results]
-    metrics = [m for m in COMPARED_METRICS if any(m in results[name] for name in models)]
-    lines = ["| metric | " + " | ".join(names[m] for m in models) + " |", "|---" * (len(models) + 1) + "|"]
-    lines += [f"| {k} | " + " | ".join(_format_number(results[m].get(k)) for m in models) + " |" for k in metrics]
-    for protocol in ("generation", "ranking"):
-        if models and all(f"{protocol}/hr@1" in results[m] for m in models):
-            first = results[models[0]]
-            count = first.get(f"{protocol}/num_samples", first.get("num_samples"))
-            entries = [(names[m], results[m], protocol) for m in models]
-            if protocol == "ranking":  # the floors, on the same prompts
-                entries += [
-                    (label, first, f"baseline_{label}")
-                    for label in ("popularity", "random", "sasrec")
-                    if f"baseline_{label}/hr@1" in first
-                ]
-            ci = ", 95% CI" if any(f"{row}/hr@1_ci" in res for _, res, row in entries) else ""
-            lines += [] if lines[-1].startswith("HR@1") else [""]
-            lines.append(
-                f"HR@1 ({protocol}, {count} test prompts{ci}): "
-                + " | ".join(f"{name} {_with_interval(res, row)}" for name, res, row in entries)
-            )
-    return "\n".join(lines)
-
-
 def summary_table(records: list[StageRecord]) -> str:
     """The run table: stage, status, time, key metrics, outputs."""
     rows = [("stage", "status", "time", "key metrics", "output")]
     for r in records:
         metrics = ", ".join(
-            f"{k.split('/')[-1] if k.startswith(('train_', 'rewards/')) else k}={_format_number(v)}"
+            f"{k.split('/')[-1] if k.startswith(('train_', 'rewards/')) else k}={format_value(k, v)}"
             for k, v in r.metrics.items()
             if k in ("train_loss", "global_step", "rewards/accuracies", "num_tokens") or k.endswith(("_rows", "/hr@1"))
         )

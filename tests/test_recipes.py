@@ -663,7 +663,7 @@ def test_two_processes_log_tokens_summed_over_both(tiny_world, tmp_path):
 
 
 def test_comparison_line_puts_the_baselines_and_intervals_next_to_the_models():
-    from recipes.run import comparison_table
+    from trl_dynamicpo.evaluation import format_comparison_table as comparison_table
 
     sft = {"ranking/hr@1": 0.1, "ranking/hr@1_ci": [0.05, 0.15], "ranking/num_samples": 300}
     sft.update({"baseline_popularity/hr@1": 0.3, "baseline_popularity/hr@1_ci": [0.25, 0.35]})

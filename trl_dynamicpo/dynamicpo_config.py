@@ -1,6 +1,7 @@
 """Configuration of [`DynamicPOTrainer`]: TRL's `DPOConfig` plus the multi-negative fields."""
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -202,7 +203,7 @@ class DynamicPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        if not (torch.cuda.is_available() or _has_other_accelerator()):
+        if use_cpu():
             if self.bf16 is None and not self.fp16:
                 self.bf16 = False
             # With no accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) must join a CPU
@@ -268,8 +269,56 @@ class DynamicPOConfig(DPOConfig):
         if self.ld_alpha is not None or self.use_weighting:
             raise ValueError("`ld_alpha` and `use_weighting` are pairwise DPO options not supported with negatives.")
 
+    def card_hyperparameters(self) -> dict:
+        """The settings that define a run's loss, for model cards and logs (the trainer's card and the recipes'):
+        losses and weights, β, negatives, layout, learning rate, epochs or steps, and the DynamicPO plug-ins' settings
+        when one of the losses uses them."""
+        flags = [
+            resolve_loss_type(name, self.dynamic_boundary_selection, self.dynamic_beta) for name in self.loss_type
+        ]
+        params = {
+            "loss_type": ",".join(self.loss_type),
+            "beta": self.beta,
+            "num_negatives": self.num_negatives if self.num_negatives is not None else "all",
+            "layout": self.layout,
+            "learning_rate": self.learning_rate,
+            "num_train_epochs": self.num_train_epochs if self.max_steps <= 0 else None,
+            "max_steps": self.max_steps if self.max_steps > 0 else None,
+        }
+        if len(self.loss_type) > 1:
+            params["loss_weights"] = ",".join(str(w) for w in self.loss_weights or [1.0] * len(self.loss_type))
+        if any(selection or dynamic for _, selection, dynamic in flags):
+            params.update(
+                dynamic_boundary_selection=any(selection for _, selection, _ in flags),
+                dynamic_beta=any(dynamic for _, _, dynamic in flags),
+                boundary_clusters=self.boundary_clusters,
+                beta_scale=self.beta_scale,
+                beta_margin=self.beta_margin,
+            )
+        return params
 
-def _has_other_accelerator() -> bool:
-    return bool(getattr(torch, "xpu", None) and torch.xpu.is_available()) or bool(
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    )
+
+def accelerator_support() -> tuple[bool, bool]:
+    """(a GPU-like accelerator is available, it supports bf16): the device policy of this library's configs.
+
+    [`DynamicPOConfig`] and the recipes read it: without an accelerator `bf16` defaults to off (bf16 on CPU is slow
+    and moves log-probs by up to 0.3 nats) and training runs on CPU ([`use_cpu`]); the recipes also turn activation
+    checkpointing on by default only with an accelerator.
+    """
+    if torch.cuda.is_available():
+        return True, torch.cuda.is_bf16_supported()
+    xpu = bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+    return xpu, xpu
+
+
+def use_cpu() -> bool:
+    """Train on CPU: `ACCELERATE_USE_CPU` is set (`accelerate launch --cpu`) or there is no GPU-like device (CUDA,
+    XPU or MPS).
+
+    Processes started by `torchrun` / `accelerate launch --multi_gpu` on a machine without GPU must build their
+    `PartialState` with `cpu=True` to form a gloo process group; otherwise each would train on the whole dataset.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return not (accelerator_support()[0] or mps)

@@ -577,27 +577,8 @@ class DynamicPOTrainer(DPOTrainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def loss_hyperparameters(self) -> dict[str, Any]:
-        """The loss settings that define a run, for model cards and logs."""
-        args = self.args
-        params = {
-            "loss_type": ",".join(self.loss_types),
-            "beta": self.beta,
-            "num_negatives": args.num_negatives if args.num_negatives is not None else "all",
-            "layout": args.layout,
-            "learning_rate": args.learning_rate,
-            "num_train_epochs": args.num_train_epochs,
-        }
-        if len(self.loss_types) > 1:
-            params["loss_weights"] = ",".join(str(w) for w in self.loss_weights)
-        if any(selection or dynamic for _, selection, dynamic in self._loss_flags.values()):
-            params.update(
-                dynamic_boundary_selection=any(flags[1] for flags in self._loss_flags.values()),
-                dynamic_beta=any(flags[2] for flags in self._loss_flags.values()),
-                boundary_clusters=args.boundary_clusters,
-                beta_scale=args.beta_scale,
-                beta_margin=args.beta_margin,
-            )
-        return params
+        """The loss settings that define a run, for model cards and logs ([`DynamicPOConfig.card_hyperparameters`])."""
+        return self.args.card_hyperparameters()
 
 
 def _locate_in_trunk_cache(row: dict[str, Any], cache: TrunkCache) -> dict[str, Any]:

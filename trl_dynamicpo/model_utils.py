@@ -126,3 +126,25 @@ def load_causal_lm(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def adapt_top_layers(lora_config, model, num_layers: int | None):
+    """`lora_config` (a PEFT `LoraConfig`) restricted to the top `num_layers` decoder layers of `model` (None: all).
+
+    With the adapter on the top layers only, backward stops at the lowest adapted layer, and a `TrunkCache` can hold
+    the states below it. Raises `ValueError` when the model has fewer layers.
+
+    Example:
+
+    ```python
+    config = adapt_top_layers(LoraConfig(r=8, target_modules="all-linear"), model, 2)  # layers 28 and 29 of 30
+    ```
+    """
+    if num_layers is None:
+        return lora_config
+    total = model.config.get_text_config().num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise ValueError(f"trainable_layers is {num_layers} but the model has {total} decoder layers.")
+    lora_config.layers_to_transform = list(range(total - num_layers, total))
+    lora_config.layers_pattern = "layers"
+    return lora_config

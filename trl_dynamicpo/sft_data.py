@@ -39,3 +39,28 @@ def tokenize_sft_rows(batch: dict[str, list], tokenizer, separator: str, max_len
         input_ids.append(prompt_ids + answer_ids)
         labels.append([-100] * len(prompt_ids) + answer_ids)
     return {"input_ids": input_ids, "labels": labels}
+
+
+def prepare_sft_dataset(dataset, tokenizer, separator: str = " ", max_length: int | None = None, name: str = "train"):
+    """`dataset` (rows with `prompt` and `chosen`) as SFT rows for TRL's `SFTTrainer`: [`tokenize_sft_rows`] by
+    `Dataset.map` (cached by `datasets`), without the rows whose answer alone exceeds `max_length`.
+
+    Pass the result to `SFTTrainer` with `SFTConfig(max_length=None)`: the rows are already cut, at the beginning of
+    the prompt, so that the answer and "Answer:" always stay.
+
+    Example:
+
+    ```python
+    train = prepare_sft_dataset(dataset["train"], tokenizer, separator=" ", max_length=512)
+    trainer = SFTTrainer(model=model, args=SFTConfig(max_length=None, ...), train_dataset=train, ...)
+    ```
+    """
+    tokenize = {"tokenizer": tokenizer, "separator": separator, "max_length": max_length}
+    rows = dataset.map(
+        tokenize_sft_rows,
+        batched=True,
+        fn_kwargs=tokenize,
+        remove_columns=dataset.column_names,
+        desc=f"Tokenizing {name} rows for SFT",
+    )
+    return rows.filter(lambda row: len(row["input_ids"]) > 0, desc="Dropping rows longer than max_length")

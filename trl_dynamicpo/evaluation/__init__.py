@@ -51,7 +51,7 @@ from .metrics import (
     target_ranks,
 )
 from .report import _jsonable as _jsonable
-from .report import format_results_table, jsonable, save_results
+from .report import format_comparison_table, format_results_table, format_value, jsonable, save_results
 from .runner import evaluate_recommender
 
 
@@ -64,7 +64,9 @@ __all__ = [
     "baseline_metrics",
     "baseline_scores",
     "evaluate_recommender",
+    "format_comparison_table",
     "format_results_table",
+    "format_value",
     "generate_answers",
     "generation_metrics",
     "jsonable",

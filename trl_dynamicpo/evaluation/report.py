@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io_utils import jsonable, write_json
 
 
 # Column order of `format_results_table`; metrics not listed here are appended in alphabetical order.
@@ -31,29 +32,6 @@ _TABLE_COLUMNS = (
 _TABLE_ROWS = ("generation", "ranking", "baseline_popularity", "baseline_random")
 
 
-def jsonable(value: Any) -> Any:
-    """`value` ready for strict JSON: mappings (keys as strings), lists and tuples walked, NumPy scalars as Python
-    numbers, NaN and infinities as `None` (JSON has no NaN); anything else unchanged.
-
-    Example:
-
-    ```python
-    >>> import numpy as np
-    >>> jsonable({"hr@1": np.float64(0.5), "tail_hr@1": float("nan"), 1: (np.int64(3),)})
-    {'hr@1': 0.5, 'tail_hr@1': None, '1': [3]}
-    ```
-    """
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN
-    return value
-
-
 _jsonable = jsonable  # the name `recipes/run.py` and `benchmarks/quality.py` import
 
 
@@ -73,22 +51,21 @@ def save_results(results: Mapping[str, Any], path: str | Path) -> Path:
     >>> import tempfile, os
     >>> save_results({"ranking/hr@1": 0.25, "generation/tail_hr@1": float("nan")},
     ...              os.path.join(tempfile.mkdtemp(), "r.json")).read_text()
-    '{\\n  "ranking/hr@1": 0.25,\\n  "generation/tail_hr@1": null\\n}'
+    '{\\n  "ranking/hr@1": 0.25,\\n  "generation/tail_hr@1": null\\n}\\n'
     ```
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False))
-    return path
+    return write_json(path, results)
 
 
-def _format_value(name: str, value: Any) -> str:
+def format_value(name: str, value: Any) -> str:
+    """Table text of a metric or count: 4 decimals (1 for `arp` and `runtime_s`), integers (also integral floats,
+    such as logged token counts) with thousands separators from 10,000 on, `n/a` for None and NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         return str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(value)
+    if isinstance(value, (int, np.integer)) or (float(value).is_integer() and abs(value) >= 10_000):
+        return f"{int(value):,}" if abs(value) >= 10_000 else str(value)
     if name in ("arp", "runtime_s"):
         return f"{float(value):.1f}"
     return f"{float(value):.4f}"
@@ -132,8 +109,69 @@ def format_results_table(results: Mapping[str, Any]) -> str:
     columns = [c for c in _TABLE_COLUMNS if c in metrics] + sorted(metrics - set(_TABLE_COLUMNS))
     lines = ["| protocol | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
-        cells = [_format_value(c, table[row][c]) if c in table[row] else "-" for c in columns]
+        cells = [format_value(c, table[row][c]) if c in table[row] else "-" for c in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if extra:
-        lines += ["", ", ".join(f"{k}: {_format_value(k, v)}" for k, v in extra.items())]
+        lines += ["", ", ".join(f"{k}: {format_value(k, v)}" for k, v in extra.items())]
+    return "\n".join(lines)
+
+
+# Rows of `format_comparison_table`, in this order, when at least one model has them.
+COMPARED_METRICS = (
+    "generation/hr@1",
+    "generation/valid_ratio",
+    "ranking/hr@1",
+    "ranking/hr@5",
+    "ranking/ndcg@10",
+    "ranking/mrr",
+    "baseline_popularity/hr@1",
+    "baseline_random/hr@1",
+    "baseline_sasrec/hr@1",
+)
+
+
+def _with_interval(results: Mapping[str, Any], row: str) -> str:
+    value, interval = format_value("hr@1", results[f"{row}/hr@1"]), results.get(f"{row}/hr@1_ci")
+    if interval and all(isinstance(v, (int, float)) for v in interval):
+        return f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return value
+
+
+def format_comparison_table(results: Mapping[str, Mapping[str, Any]], names: Mapping[str, str]) -> str:
+    """Markdown table of the main metrics with one column per model, then one line per protocol that puts every
+    model's HR@1 (with its 95% interval when there is one) next to the baselines of the same prompts.
+
+    Args:
+        results (`Mapping[str, Mapping]`): model name -> the flat results of [`evaluate_recommender`].
+        names (`Mapping[str, str]`): model name -> display name, in column order.
+
+    Example:
+
+    ```python
+    >>> sft = {"ranking/hr@1": 0.1, "ranking/num_samples": 300, "baseline_popularity/hr@1": 0.3}
+    >>> print(format_comparison_table({"sft": sft}, {"sft": "SFT"}).splitlines()[-1])
+    HR@1 (ranking, 300 test prompts): SFT 0.1000 | popularity 0.3000
+    ```
+    """
+    models = [m for m in names if m in results]
+    metrics = [m for m in COMPARED_METRICS if any(m in results[name] for name in models)]
+    lines = ["| metric | " + " | ".join(names[m] for m in models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {k} | " + " | ".join(format_value(k, results[m].get(k)) for m in models) + " |" for k in metrics]
+    for protocol in ("generation", "ranking"):
+        if models and all(f"{protocol}/hr@1" in results[m] for m in models):
+            first = results[models[0]]
+            count = first.get(f"{protocol}/num_samples", first.get("num_samples"))
+            entries = [(names[m], results[m], protocol) for m in models]
+            if protocol == "ranking":  # the floors, on the same prompts
+                entries += [
+                    (label, first, f"baseline_{label}")
+                    for label in ("popularity", "random", "sasrec")
+                    if f"baseline_{label}/hr@1" in first
+                ]
+            ci = ", 95% CI" if any(f"{row}/hr@1_ci" in res for _, res, row in entries) else ""
+            lines += [] if lines[-1].startswith("HR@1") else [""]
+            lines.append(
+                f"HR@1 ({protocol}, {count} test prompts{ci}): "
+                + " | ".join(f"{name} {_with_interval(res, row)}" for name, res, row in entries)
+            )
     return "\n".join(lines)
