@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -205,6 +204,7 @@ class Study:
     def load_data(self):
         from dataset_builders import BuildConfig, run_build
         from dataset_builders.folder import load_dataset_folder
+        from trl_dynamicpo.data import subsample_indices
 
         def build(settings: dict, timing: str, **options) -> Path:
             folder = self.work / "data" / fingerprint(settings)
@@ -224,12 +224,10 @@ class Study:
         self.items = items[next(iter(items))]
         train = self.dataset["train"]
         a = self.args
-        if a.train_selection == "recent":
-            train_index = list(range(max(0, len(train) - a.train_rows), len(train)))
-        else:
-            train_index = sorted(random.Random(f"{a.seed}:train").sample(range(len(train)), a.train_rows))
+        latest = a.train_selection == "recent"
+        train_index = subsample_indices(len(train), a.train_rows, seed=a.seed, name="train", latest=latest)
         split = self.dataset[a.eval_split]
-        eval_index = sorted(random.Random(f"{a.seed}:{a.eval_split}").sample(range(len(split)), a.num_eval_prompts))
+        eval_index = subsample_indices(len(split), a.num_eval_prompts, seed=a.seed, name=a.eval_split)
         self.train = train.select(train_index)
         self.eval = split.select(eval_index)
         self.eval_index = eval_index

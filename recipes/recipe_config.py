@@ -29,13 +29,13 @@ print(recipe.preference.loss_type, recipe.output_dir)
 ```
 """
 
-import argparse
 import dataclasses
 import difflib
 import enum
 import importlib.util
 import os
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +44,6 @@ from typing import Any, Literal, Union
 
 import yaml
 from transformers import HfArgumentParser
-from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, SFTConfig
 
 from trl_dynamicpo import DynamicPOConfig
@@ -454,108 +453,92 @@ def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line and help
 # ----------------------------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """Raises [`RecipeError`] instead of exiting; `--sft.learning_rate -3e-5` is a value, not an option."""
+USAGE = """usage: accelerate launch recipes/run.py RECIPE.yaml [--section.key VALUE ...] [--overwrite]
+       python recipes/run.py --config RECIPE.yaml [--section.key VALUE ...]
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._negative_number_matcher = re.compile(r"^-\.?\d")
-
-    def error(self, message):
-        raise RecipeError("command line: " + re.sub(r"^argument --(\S+?)(/\S+)?: ", r"'\1' ", message))
+Train an LLM recommender (SFT, then multi-negative preference optimization), evaluate it and publish it. Every key
+of the recipe can be given on the command line with its dotted name (e.g. --preference.max_steps 5, --stages sft
+preference, --data.build_options.seed 1; a list also takes comma-separated values, null is None). Unknown keys and
+wrong types are errors."""
 
 
-def _typed(convert):
-    """The field's command-line type, with `null` for None and an error naming the type."""
+def recipe_keys() -> dict[str, tuple[str, Any, dataclasses.Field]]:
+    """Every recipe key (`stages`, `sft.max_steps`, ...) -> (section, annotation, dataclass field)."""
+    keys = {}
+    for name, classes in {"": (RecipeArguments,), **SECTIONS}.items():
+        for cls in classes:  # `sft` has the fields of SFTConfig and of DynamicPOConfig (with the trunk cache)
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if f.init:
+                    keys.setdefault(f"{name}.{f.name}" if name else f.name, (name, hints[f.name], f))
+    return keys
 
-    def parse(text: str):
+
+def _is_list(tp) -> bool:
+    return typing.get_origin(tp) is list or any(typing.get_origin(m) is list for m in typing.get_args(tp))
+
+
+def _cli_value(texts: list[str], tp, key: str):
+    """The value of `--key TEXT...` for a field annotated `tp`: a bare boolean flag is True, a list takes several or
+    comma-separated values, `null` is None, and a text is read as YAML unless the field wants it as a string (so that
+    `--model.model_revision 1234` stays "1234"). The type itself is checked with the recipe."""
+
+    def scalar(text: str, tp):
         if text in ("null", "None", "~"):
             return None
-        try:
-            return convert(text)
-        except (TypeError, ValueError, argparse.ArgumentTypeError, yaml.YAMLError) as err:
-            name = "bool" if convert is string_to_bool else getattr(convert, "__name__", "a value")
-            raise argparse.ArgumentTypeError(f"must be {name}, got {text!r}") from err
+        value = yaml.load(text, Loader=_YamlLoader) if text else text
+        return text if not _fits(value, tp) and _fits(text, tp) else value
 
-    return parse
-
-
-def command_line_parser() -> argparse.ArgumentParser:
-    """Every recipe key as `--section.key`, typed by `HfArgumentParser` from the section's config class."""
-    parser = _Parser(
-        prog="recipes/run.py",
-        usage="accelerate launch %(prog)s RECIPE.yaml [--section.key VALUE ...] [--overwrite]\n"
-        "       python %(prog)s --config RECIPE.yaml [--section.key VALUE ...]",
-        description="Train an LLM recommender (SFT, then multi-negative preference optimization), evaluate it and "
-        "publish it. Every key of the recipe can be given on the command line with its dotted name (e.g. "
-        "--preference.max_steps 5, --stages sft preference, --data.build_options.seed 1; a list also takes "
-        "comma-separated values, null is None). Unknown keys and wrong types are errors.",
-        add_help=False,
-        allow_abbrev=False,
-    )
-    parser.add_argument("recipe", nargs="?", help="The recipe file.")
-    parser.add_argument("--config", help="The recipe file (TRL's spelling).")
-    parser.add_argument("-h", "--help", action="store_true", help="Show this help and exit.")
-    for name, classes in {"": (RecipeArguments,), **SECTIONS}.items():
-        title = f"{name or 'top-level keys'} ({' / '.join(cls.__name__ for cls in classes)})"
-        group = parser.add_argument_group(title, classes[0].__doc__.strip().split("\n\n")[0])
-        for cls in classes:
-            for action in HfArgumentParser(cls)._actions:
-                key = f"{name}.{action.dest}" if name else action.dest
-                if action.dest == "help" or action.const is False or f"--{key}" in parser._option_string_actions:
-                    continue  # argparse's own, the `--no_x` twin of a boolean, or a field of both sft classes
-                if key.partition(".")[2] in MANAGED.get(name, ()):
-                    action.help = argparse.SUPPRESS
-                elif action.default not in (None, dataclasses.MISSING):
-                    action.help = f"{action.help or ''} Default: {str(action.default).replace('%', '%%')}."
-                if action.metavar is None:  # choices are checked with the recipe (comma-split lists, null allowed)
-                    action.metavar = (
-                        f"{{{','.join(map(str, action.choices))}}}" if action.choices else action.dest.upper()
-                    )
-                action.choices = None
-                action.option_strings, action.dest, action.required = [f"--{key}"], key, False
-                action.default = argparse.SUPPRESS  # only the keys given are overrides
-                action.type = _typed(action.type) if action.type is not None else None
-                group._add_action(action)
-    return parser
+    if _is_list(tp):
+        items = [part for text in texts for part in text.split(",") if part != ""]
+        item_tp = next(typing.get_args(m)[0] for m in (tp, *typing.get_args(tp)) if typing.get_origin(m) is list)
+        return None if items in (["null"], ["None"]) else [scalar(item, item_tp) for item in items]
+    if not texts and _fits(True, tp):
+        return True  # `--publish.push_to_hub`
+    if len(texts) != 1:
+        raise RecipeError(f"command line: '{key}' takes one value, got {len(texts)}: {texts}.")
+    return scalar(texts[0], tp)
 
 
 def parse_command_line(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     """(recipe path, overrides) of the arguments: the recipe is positional or `--config PATH` (TRL's spelling).
 
     `--key value`, `--key=value` and, for booleans, a bare `--key` are accepted; a list takes several values or a
-    comma-separated one. Unknown keys raise [`RecipeError`] with the closest valid key.
+    comma-separated one; a value may start with a single dash (`--sft.learning_rate -3e-5`). Keys inside a mapping
+    (`--data.build_options.seed 7`) are checked with the recipe. Unknown keys raise [`RecipeError`] with the closest
+    valid key.
     """
-    parser = command_line_parser()
-    for token in argv:  # keys inside a mapping (`--data.build_options.seed 7`): any key, a YAML value, checked later
-        key = token[2:].partition("=")[0]
-        if (
-            token.startswith("--")
-            and key.rpartition(".")[0] in MAPPINGS
-            and f"--{key}" not in parser._option_string_actions
-        ):
-            parser.add_argument(f"--{key}", dest=key, type=_typed(yaml.safe_load), default=argparse.SUPPRESS)
-    namespace, rest = parser.parse_known_args(argv)
-    if rest:
-        unknown = next((token[2:].partition("=")[0] for token in rest if token.startswith("--")), None)
-        if unknown is None:
-            raise RecipeError(
-                f"command line: unexpected argument {rest[0]!r}; options look like '--section.key value'."
-            )
-        close = difflib.get_close_matches(unknown, [a.dest for a in parser._actions], n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise RecipeError(f"command line: unknown key '{unknown}'.{hint} `recipes/run.py --help` lists every key.")
-    values = vars(namespace)
-    path, config = values.pop("recipe", None), values.pop("config", None)
-    values.pop("help", None)
+    keys, path, config, values, index = recipe_keys(), None, None, {}, 0
+    while index < len(argv):
+        token, index = argv[index], index + 1
+        if not token.startswith("--"):
+            if path is not None:
+                raise RecipeError(
+                    f"command line: unexpected argument {token!r}; options look like '--section.key value'."
+                )
+            path = token
+            continue
+        key, equals, text = token[2:].partition("=")
+        texts = [text] if equals else []
+        while not equals and index < len(argv) and not argv[index].startswith("--"):
+            texts.append(argv[index])
+            index += 1
+        if key == "config":
+            if len(texts) != 1:
+                raise RecipeError("command line: '--config' takes the recipe file.")
+            config = texts[0]
+        elif key in ("h", "help"):
+            continue
+        elif key in keys:
+            values[key] = _cli_value(texts, keys[key][1], key)
+        elif key.rpartition(".")[0] in MAPPINGS:
+            values[key] = _cli_value(texts, object, key)  # any YAML value, checked with the recipe
+        else:
+            close = difflib.get_close_matches(key, [*keys, "config"], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"command line: unknown key '{key}'.{hint} `recipes/run.py --help` lists every key.")
     if path is not None and config is not None:
         raise RecipeError(f"command line: two recipe files given ({path} and {config}).")
-    for key, value in values.items():
-        if isinstance(value, list):
-            value = [
-                part for item in value for part in (item.split(",") if isinstance(item, str) else [item]) if part != ""
-            ]
-            values[key] = None if value == [None] else value
     return path if path is not None else config, values
 
 
@@ -566,4 +549,23 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 def format_help() -> str:
     """The `--help` text: usage, then every recipe key by section, with its type, help and default."""
-    return command_line_parser().format_help()
+    lines = [USAGE]
+    for name, classes in {"": (RecipeArguments,), **SECTIONS}.items():
+        title = f"{name or 'top-level keys'} ({' / '.join(cls.__name__ for cls in classes)})"
+        lines += [
+            "",
+            f"{title}:",
+            textwrap.fill(
+                " ".join(classes[0].__doc__.split("\n\n")[0].split()), 119, initial_indent="  ", subsequent_indent="  "
+            ),
+        ]
+        for key, (section, _, f) in recipe_keys().items():
+            if section != name or f.name in MANAGED.get(name, ()):
+                continue
+            kind = "{" + ",".join(map(str, f.metadata["choices"])) + "}" if "choices" in f.metadata else f.name.upper()
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            text = f.metadata.get("help", "") + (
+                "" if default in (None, dataclasses.MISSING) else f" Default: {default}."
+            )
+            lines.append(textwrap.fill(text, 119, initial_indent=f"  --{key} {kind}  ", subsequent_indent=" " * 6))
+    return "\n".join(lines) + "\n"

@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shlex
 import shutil
 import sys
@@ -52,7 +51,6 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `recipes` and the library importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset_builders.folder import load_dataset_folder  # noqa: E402
 from recipes.recipe_config import (  # noqa: E402
     SECTIONS,
     STAGES,
@@ -442,41 +440,25 @@ class RecipeRun:
         return StageRecord("data", "ran", metrics=metrics, outputs=outputs)
 
     def _load_or_build_data(self, folder: Path):
+        from dataset_builders.folder import load_preference_data
+
         cfg = self.recipe.data
-
-        def items(source):  # the item table: a one-split config, or None when the folder has none
-            table = load_dataset_folder(source, cfg.items_config) if cfg.items_config else None
-            return None if table is None else next(iter(table.values()))
-
-        if cfg.dataset_name is not None:
-            from dataset_builders import build_dataset
-
-            raw_dir, offline = cfg.raw_dir, cfg.build_options.get("offline", False)
-            if raw_dir is not None and not os.path.isdir(raw_dir):
-                if offline:
-                    raise FileNotFoundError(
-                        f"data.raw_dir {raw_dir} does not exist (and data.build_options.offline is set)."
-                    )
-                print(f"    {raw_dir} not found: the raw data of {cfg.dataset_name} will be downloaded")
-                raw_dir = None
-            source = str(folder / "source")
-            return build_dataset(cfg.dataset_name, source, raw_dir=raw_dir, **cfg.build_options), items(source), source
-        source = cfg.dataset_id_or_path
-        if os.path.isdir(source):
-            data = load_dataset_folder(source, cfg.dataset_config)
-            if data is None:
-                raise FileNotFoundError(f"{source} holds no dataset (config {cfg.dataset_config or 'default'!r}).")
-            return data, items(source), source
-        import datasets
-
-        table = None
-        if cfg.items_config:
-            with contextlib.suppress(ValueError, FileNotFoundError):  # no item table: popularity metrics are skipped
-                table = datasets.load_dataset(source, cfg.items_config, split="train")
-        return datasets.load_dataset(source, cfg.dataset_config), table, source
+        source = str(folder / "source") if cfg.dataset_name is not None else cfg.dataset_id_or_path
+        data, items = load_preference_data(
+            dataset_name=cfg.dataset_name,
+            output_dir=source,
+            raw_dir=cfg.raw_dir,
+            dataset_id_or_path=cfg.dataset_id_or_path,
+            config=cfg.dataset_config,
+            items_config=cfg.items_config,
+            **cfg.build_options,
+        )
+        return data, items, source
 
     def _subsample(self, data):
         from datasets import DatasetDict
+
+        from trl_dynamicpo.data import subsample_indices
 
         cfg, out = self.recipe.data, {}
         limits = {
@@ -485,14 +467,9 @@ class RecipeRun:
             cfg.test_split: cfg.max_test_rows,
         }
         for split, rows in data.items():
-            limit = limits.get(split)
-            if limit is not None and limit < len(rows):
-                if split == cfg.train_split and cfg.train_subsample == "latest":
-                    indices = range(len(rows) - limit, len(rows))
-                else:  # a seeded subset in the split's own order (time order for the builders' splits)
-                    indices = sorted(random.Random(f"{self.recipe.seed}:{split}").sample(range(len(rows)), limit))
-                rows = rows.select(indices)
-            out[split] = rows
+            latest = split == cfg.train_split and cfg.train_subsample == "latest"
+            indices = subsample_indices(len(rows), limits.get(split), seed=self.recipe.seed, name=split, latest=latest)
+            out[split] = rows if len(indices) == len(rows) else rows.select(indices)
         return DatasetDict(out)
 
     def _train(self, stage: str, trainer) -> dict:

@@ -275,6 +275,27 @@ def tokenize_rows(
     return out
 
 
+def subsample_indices(num_rows: int, limit: int | None, *, seed: int, name: str, latest: bool = False) -> list[int]:
+    """Indices of the rows a run keeps of a split of `num_rows` rows: all of them when `limit` is None or not
+    smaller, else the last `limit` (`latest=True`: the most recent rows of a time-ordered split) or a subset seeded by
+    `f"{seed}:{name}"`, in the split's own order. The recipes and the quality study select rows with it.
+
+    Example:
+
+    ```python
+    >>> subsample_indices(10, 3, seed=0, name="train", latest=True)
+    [7, 8, 9]
+    ```
+    """
+    import random
+
+    if limit is None or limit >= num_rows:
+        return list(range(num_rows))
+    if latest:
+        return list(range(num_rows - limit, num_rows))
+    return sorted(random.Random(f"{seed}:{name}").sample(range(num_rows), limit))
+
+
 def load_dataset_folder(folder, config: str | None = None):
     """Deprecated: use `dataset_builders.folder.load_dataset_folder` (the builder owns its folder format).
 
