@@ -603,7 +603,8 @@ class RecipeRun:
     def stage_publish(self) -> StageRecord:
         from transformers import AutoTokenizer
 
-        from trl_dynamicpo.hub import HubPushError, build_model_card, push_adapter_folder
+        from trl_dynamicpo.hub import HubPushError, push_adapter_folder
+        from trl_dynamicpo.model_card import build_model_card
 
         recipe, cfg = self.recipe, self.recipe.publish
         trained = "preference" if self.done("preference") is not None else "sft"

@@ -34,7 +34,7 @@ _LAZY = {
     "pack_answers": "packing",
     "load_causal_lm": "model_utils",
     "load_recommender": "hub",
-    "build_model_card": "hub",
+    "build_model_card": "model_card",
     "push_adapter_folder": "hub",
     "push_dataset_folder": "hub",
     "EvaluationConfig": "evaluation",

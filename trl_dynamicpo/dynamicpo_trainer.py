@@ -22,8 +22,8 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 
 from .data import check_columns, numbered_rejected_columns, tokenize_rows
 from .dynamicpo_config import DynamicPOConfig
-from .hub import CITATIONS
 from .losses import LOSS_SPECS, compute_multi_negative_loss, napo_margin, resolve_loss_type, sft_loss
+from .model_card import CITATIONS
 from .napo import NapoMarginState, share_in_batch_negatives
 from .packing import (
     DataCollatorForMultiNegativePreference,
@@ -554,11 +554,11 @@ class DynamicPOTrainer(DPOTrainer):
         """Write this library's model card (tags, the loss and its hyperparameters, citations) to `output_dir`.
 
         TRL's hook (called by `save_model`, `push_to_hub` and each checkpoint): the card is rendered by
-        [`~trl_dynamicpo.hub.build_model_card`] from this package's template instead of TRL's `lm_model_card.md`.
+        [`~trl_dynamicpo.model_card.build_model_card`] from this package's template instead of TRL's `lm_model_card.md`.
         """
         if not self.is_world_process_zero():
             return
-        from .hub import build_model_card
+        from .model_card import build_model_card
 
         base = get_config_model_id(self.model.config)
         base_model = base if base and not os.path.isdir(base) else None

@@ -439,7 +439,7 @@ class LossSpec:
         name (`str`): The `loss_type` value.
         display_name (`str`): Name in tables and cards ("S-DPO").
         description (`str`): The objective in one sentence (model cards, the README's loss table).
-        citations (`tuple[str, ...]`): BibTeX keys of [`trl_dynamicpo.hub.CITATIONS`] a model trained with it cites.
+        citations (`tuple[str, ...]`): BibTeX keys of [`trl_dynamicpo.model_card.CITATIONS`] a model trained with it cites.
         form (`str`): The objective computed (`"dynamicpo"` is DMPO with both plug-ins).
         function (`Callable` or `None`): The pure loss function of `form` (`None` for `"sft"`, which has its own
             signature: [`sft_loss`]).
