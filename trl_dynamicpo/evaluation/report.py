@@ -32,7 +32,7 @@ _TABLE_COLUMNS = (
 _TABLE_ROWS = ("generation", "ranking", "baseline_popularity", "baseline_random")
 
 
-_jsonable = jsonable  # the name `recipes/run.py` and `benchmarks/quality.py` import
+_jsonable = jsonable  # the old evaluation module's name (code outside this package may import it)
 
 
 def save_results(results: Mapping[str, Any], path: str | Path) -> Path:
