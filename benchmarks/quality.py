@@ -203,16 +203,13 @@ class Study:
 
     def load_data(self):
         from dataset_builders import BuildConfig, run_build
-        from dataset_builders.folder import load_dataset_folder
+        from dataset_builders.folder import existing_raw_dir, load_dataset_folder
         from trl_dynamicpo.data import subsample_indices
 
         def build(settings: dict, timing: str, **options) -> Path:
             folder = self.work / "data" / fingerprint(settings)
             if not (folder / "build_info.json").is_file():
-                raw_dir = self.args.raw_dir
-                if raw_dir is not None and not Path(raw_dir).is_dir():
-                    print(f"{raw_dir} does not exist: downloading the raw data from the official source.")
-                    raw_dir = None
+                raw_dir = existing_raw_dir(self.args.raw_dir, self.args.dataset_name)
                 start = time.perf_counter()
                 run_build(self.args.dataset_name, folder, BuildConfig(raw_dir=raw_dir, verbose=False, **options))
                 self.record_timing(timing, time.perf_counter() - start)

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     # Every row count that has a report joins the curve, also those run in an earlier session (their work_dir may be
     # gone: only the committed results.json is read).
     points = []
-    for path in sorted(out.glob("rows-*/results.json"), key=lambda p: int(p.parent.name.split("-")[1])):
-        n = int(path.parent.name.split("-")[1])
+    reports = {int(path.parent.name.split("-")[1]): path for path in out.glob("rows-*/results.json")}
+    for n, path in sorted(reports.items()):
         for cell in json.loads(path.read_text())["cells"]:
             points.append({"train_rows": n, **{k: cell[k] for k in ("name", "hr@1", "hr@1_ci", "ndcg@10")}})
     previous = quality.read_json(out / "learning_curve.json") or {}

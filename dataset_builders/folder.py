@@ -26,7 +26,7 @@ from .output import BUILD_INFO, LAYOUT, _read_own_build_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_dataset_folder", "load_preference_data", "push_dataset_folder"]
+__all__ = ["existing_raw_dir", "load_dataset_folder", "load_preference_data", "push_dataset_folder"]
 
 
 def _built_folder_files(root: Path) -> dict[str, dict[str, list[Path]]] | None:
@@ -289,6 +289,18 @@ def push_dataset_folder(
     return str(repo_url)
 
 
+def existing_raw_dir(raw_dir: str | os.PathLike | None, dataset_name: str, offline: bool = False):
+    """`raw_dir` when it is a folder; None (the builder downloads the raw data from its official source) when it is
+    None or missing, with a warning for a missing one; `FileNotFoundError` for a missing one with `offline`."""
+    if raw_dir is None or os.path.isdir(raw_dir):
+        return raw_dir
+    if offline:
+        raise FileNotFoundError(f"The raw folder {raw_dir} does not exist (and `offline` is set).")
+    logger.warning("%s does not exist: the raw data of %s will be downloaded from its official source", raw_dir,
+                   dataset_name)  # fmt: skip
+    return None
+
+
 def load_preference_data(
     *,
     dataset_name: str | None = None,
@@ -328,11 +340,7 @@ def load_preference_data(
 
         if output_dir is None:
             raise ValueError("`output_dir` is required to build a dataset from raw data.")
-        if raw_dir is not None and not os.path.isdir(raw_dir):
-            if build_options.get("offline", False):
-                raise FileNotFoundError(f"The raw folder {raw_dir} does not exist (and `offline` is set).")
-            print(f"    {raw_dir} not found: the raw data of {dataset_name} will be downloaded")
-            raw_dir = None
+        raw_dir = existing_raw_dir(raw_dir, dataset_name, offline=build_options.get("offline", False))
         built = run_build(dataset_name, output_dir, BuildConfig(raw_dir=raw_dir, **build_options))
         return built.dataset, built.items if items_config else None
     source = dataset_id_or_path

@@ -549,7 +549,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 def format_help() -> str:
     """The `--help` text: usage, then every recipe key by section, with its type, help and default."""
-    lines = [USAGE]
+    lines, keys = [USAGE], recipe_keys()
     for name, classes in {"": (RecipeArguments,), **SECTIONS}.items():
         title = f"{name or 'top-level keys'} ({' / '.join(cls.__name__ for cls in classes)})"
         lines += [
@@ -559,7 +559,7 @@ def format_help() -> str:
                 " ".join(classes[0].__doc__.split("\n\n")[0].split()), 119, initial_indent="  ", subsequent_indent="  "
             ),
         ]
-        for key, (section, _, f) in recipe_keys().items():
+        for key, (section, _, f) in keys.items():
             if section != name or f.name in MANAGED.get(name, ()):
                 continue
             kind = "{" + ",".join(map(str, f.metadata["choices"])) + "}" if "choices" in f.metadata else f.name.upper()

@@ -552,7 +552,6 @@ class RecipeRun:
         ]
 
     def stage_evaluate(self) -> StageRecord:
-
         folder = self.stage_dir("evaluate")
         test, items = self.dataset()[self.recipe.data.test_split], self.dataset("items")
         all_results, outputs = {}, {}

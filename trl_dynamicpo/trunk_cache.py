@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .io_utils import write_json
+
 
 FORMAT_VERSION = 1
 META_FILE = "trunk_cache.json"
@@ -220,12 +222,6 @@ def _ids_digest(rows: Sequence[tuple[list[int], list[list[int]]]]) -> str:
     for prompt_ids, answer_ids in rows:
         digest.update(json.dumps([prompt_ids, answer_ids]).encode())
     return digest.hexdigest()
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class TrunkCache:
@@ -487,7 +483,7 @@ class TrunkCache:
                     "folder or delete it."
                 )
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(meta_path, {**settings, "complete": False})
+        write_json(meta_path, {**settings, "complete": False})
 
         # Resume: keep the rows whose line was written (a line is written only after its states are flushed).
         rows_path, states_path = cache_dir / ROWS_FILE, cache_dir / STATES_FILE
@@ -558,7 +554,7 @@ class TrunkCache:
         finally:
             progress.close()
             model.train(was_training)
-        _atomic_write_json(meta_path, {**settings, "complete": True, "total_tokens": offset})
+        write_json(meta_path, {**settings, "complete": True, "total_tokens": offset})
         cache = cls(cache_dir)
         if verify and len(cache):
             cache.verify(model, row=0, autocast_dtype=autocast_dtype)
