@@ -55,6 +55,11 @@ def main(out: Path):
         "all_scores": [s for row in ROWS for s in row["rejected_scores"]],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(report))
+    # Leave together and close the gloo group: a rank that exits while the other's gloo threads still talk to it can
+    # abort at exit ("terminate called without an active exception"), which failed CI once.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
