@@ -39,11 +39,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from quality_report import parse_cell  # noqa: E402
 
 from trl_dynamicpo import io_utils  # noqa: E402
 
 
-POLICY_LOSSES = ("dpo", "sdpo", "dmpo", "dynamicpo")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -170,16 +170,6 @@ class QualityArguments:
             parse_cell(cell)
 
 
-def parse_cell(name: str) -> tuple[str, int]:
-    """`"dmpo@15"` -> `("dmpo", 15)`; `"sft"` -> `("sft", 0)`."""
-    if name == "sft":
-        return "sft", 0
-    loss, _, k = name.partition("@")
-    if loss not in POLICY_LOSSES or not k.isdigit() or not 1 <= int(k) <= 19:
-        raise ValueError(f"Bad cell {name!r}: expected loss@K with loss in {POLICY_LOSSES} and 1 <= K <= 19.")
-    return loss, int(k)
-
-
 def fingerprint(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -203,7 +193,8 @@ class Study:
 
     def load_data(self):
         from dataset_builders import BuildConfig, run_build
-        from dataset_builders.folder import existing_raw_dir, load_dataset_folder
+        from dataset_builders.folder import load_dataset_folder
+        from dataset_builders.prepare import existing_raw_dir
         from trl_dynamicpo.data import subsample_indices
 
         def build(settings: dict, timing: str, **options) -> Path:

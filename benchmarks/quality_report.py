@@ -12,7 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from trl_dynamicpo.io_utils import read_json, write_json
 from trl_dynamicpo.losses import LOSS_SPECS
+
+
+# The preference losses a study cell can train (cells are "sft" and "<loss>@<K>").
+POLICY_LOSSES = ("dpo", "sdpo", "dmpo", "dynamicpo")
+
+
+def parse_cell(name: str) -> tuple[str, int]:
+    """`"dmpo@15"` -> `("dmpo", 15)`; `"sft"` -> `("sft", 0)`."""
+    if name == "sft":
+        return "sft", 0
+    loss, _, k = name.partition("@")
+    if loss not in POLICY_LOSSES or not k.isdigit() or not 1 <= int(k) <= 19:
+        raise ValueError(f"Bad cell {name!r}: expected loss@K with loss in {POLICY_LOSSES} and 1 <= K <= 19.")
+    return loss, int(k)
 
 
 DISPLAY = {name: spec.display_name for name, spec in LOSS_SPECS.items()}
@@ -95,8 +110,6 @@ def update_baselines(study) -> None:
         raise FileNotFoundError(
             f"{path} does not exist: run the study first (`--baselines_only` updates its baselines)."
         )
-    from quality import read_json, write_json
-
     results = read_json(path)
     blocks = _baseline_blocks(baseline_ranks(study), study.args)
     if any(results["baselines"].get(name, {}).get("hr@1") != block["hr@1"] for name, block in blocks.items()
@@ -105,7 +118,7 @@ def update_baselines(study) -> None:
     results["baselines"] = blocks
     results["baselines_commit"] = _commit()
     results.setdefault("settings", {})["teacher"] = study.args.teacher
-    write_json(path, results)
+    write_json(path, results, indent=1)
     # The table and the collapse plot depend on results.json alone; the training curves need the cells' logs.
     (path.parent / "table.md").write_text(markdown_table(results) + "\n")
     if results["cells"]:
@@ -117,8 +130,6 @@ def update_baselines(study) -> None:
 
 def collect(study) -> dict:
     """Per-prompt ranks of every evaluated cell and of the baselines, and the results dictionary."""
-    from quality import parse_cell
-
     from trl_dynamicpo.evaluation import target_indices, target_ranks
 
     args = study.args
@@ -294,8 +305,6 @@ def plot_training_curves(study, path: Path) -> None:
 
 
 def write_report(study, timings: dict) -> dict:
-    from quality import write_json
-
     out = Path(study.args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = collect(study)
@@ -305,7 +314,7 @@ def write_report(study, timings: dict) -> dict:
     results["timings"]["study_total"] = results["timings"]["cells_total"] + sum(
         v for k, v in timings.items() if k.startswith("cache_") or k in ("data", "reference_logps")
     )
-    write_json(out / "results.json", results)
+    write_json(out / "results.json", results, indent=1)
     if results["cells"]:
         plot_hr_vs_k(results, out / "hr_vs_k.png")
         plot_training_curves(study, out / "training_curves.png")

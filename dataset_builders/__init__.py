@@ -13,6 +13,7 @@ from .config import BuildConfig
 from .errors import AmbiguousRawFilesError, MissingRawFilesError, OutputFolderError, RawDataError
 from .folder import load_dataset_folder, push_dataset_folder
 from .pipeline import BuildResult, build_dataset, run_build
+from .prepare import load_preference_data
 from .sources import SOURCES, get_source
 
 
@@ -27,6 +28,7 @@ __all__ = [
     "build_dataset",
     "get_source",
     "load_dataset_folder",
+    "load_preference_data",
     "push_dataset_folder",
     "run_build",
 ]

@@ -115,7 +115,7 @@ class StageWork:
         return StageRecord("data", "ran", metrics=metrics, outputs=outputs)
 
     def _load_or_build_data(self, folder: Path):
-        from dataset_builders.folder import load_preference_data
+        from dataset_builders.prepare import load_preference_data
 
         cfg = self.recipe.data
         source = str(folder / "source") if cfg.dataset_name is not None else cfg.dataset_id_or_path

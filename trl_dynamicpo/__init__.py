@@ -36,7 +36,6 @@ _LAZY = {
     "load_recommender": "hub",
     "build_model_card": "model_card",
     "push_adapter_folder": "hub",
-    "push_dataset_folder": "hub",
     "EvaluationConfig": "evaluation",
     "evaluate_recommender": "evaluation",
     "generation_metrics": "evaluation",

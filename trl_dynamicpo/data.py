@@ -16,8 +16,6 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trl.data_utils import common_prefix_length
-
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +122,22 @@ def normalize_row(row: dict[str, Any], index: int, rejected_columns: Sequence[st
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def truncate_prompt_ids(ids: list[int], max_length: int, bos_token_id: int | None) -> list[int]:
+    """Keep the END of a too-long prompt (where "Answer:" is), and its leading BOS if it had one.
+
+    Example:
+
+    >>> from trl_dynamicpo.data import truncate_prompt_ids
+    >>> truncate_prompt_ids([1, 5, 6, 7, 8], 3, bos_token_id=1)
+    [1, 7, 8]
+    """
+    if len(ids) <= max_length:
+        return ids
+    if bos_token_id is not None and ids and ids[0] == bos_token_id and max_length > 1:
+        return [ids[0], *ids[len(ids) - max_length + 1 :]]
+    return ids[len(ids) - max_length :]
+
+
 def _join(prompt: str, answer: str, separator: str) -> str:
     # Recommendation prompts end with "Answer:" and answers are bare titles; TRL-style data already carries its own
     # whitespace, in which case nothing is inserted.
@@ -169,6 +183,9 @@ def tokenize_prompt_answers(
     >>> prompt_ids, answer_ids = tokenize_prompt_answers(tok, "Pick one. Answer:", ["Heat", "Fargo"])  # doctest: +SKIP
     ```
     """
+    # TRL is imported here, not with the module: evaluation imports this module and stays light to import.
+    from trl.data_utils import common_prefix_length
+
     if not isinstance(prompt, str):
         return _tokenize_conversational(tokenizer, prompt, answers)
     prompt_ids = tokenizer(text=prompt)["input_ids"]
@@ -225,6 +242,8 @@ def _check_distinct_token_ids(answer_ids: Sequence[Sequence[int]], index: int) -
 
 
 def _tokenize_conversational(tokenizer, prompt: list[dict], answers) -> tuple[list[int], list[list[int]]]:
+    from trl.data_utils import common_prefix_length
+
     def render(messages, **kwargs):
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
         return list(out["input_ids"])
@@ -294,21 +313,3 @@ def subsample_indices(num_rows: int, limit: int | None, *, seed: int, name: str,
     if latest:
         return list(range(num_rows - limit, num_rows))
     return sorted(random.Random(f"{seed}:{name}").sample(range(num_rows), limit))
-
-
-def load_dataset_folder(folder, config: str | None = None):
-    """Deprecated: use `dataset_builders.folder.load_dataset_folder` (the builder owns its folder format).
-
-    Loads one config of a local dataset folder as a `DatasetDict` (`None` if absent), as that function does.
-    """
-    import warnings
-
-    from dataset_builders.folder import load_dataset_folder as load
-
-    warnings.warn(
-        "trl_dynamicpo.data.load_dataset_folder moved to dataset_builders.folder.load_dataset_folder; this alias will "
-        "be removed in a future release.",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return load(folder, config)

@@ -22,7 +22,6 @@ model, tokenizer = load_recommender("my-user/lastfm-dynamicpo")
 
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from .model_card import _is_hub_id, build_model_card
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubPushError", "build_model_card", "load_recommender", "push_adapter_folder", "push_dataset_folder"]
+__all__ = ["HubPushError", "build_model_card", "load_recommender", "push_adapter_folder"]
 
 
 # Files of an adapter repo that `load_recommender` needs: adapter weights/config and every tokenizer file that
@@ -98,26 +97,6 @@ def _is_offline() -> bool:
     from huggingface_hub import constants
 
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Datasets
-# ---------------------------------------------------------------------------------------------------------------------
-def push_dataset_folder(folder: str | os.PathLike, repo_id: str, **kwargs) -> str:
-    """Deprecated: use `dataset_builders.folder.push_dataset_folder` (the builder owns its folder format).
-
-    Pushes a dataset folder built by `dataset_builders` to a Hub dataset repo, as that function does (same arguments:
-    `token`, `private`, `commit_message`; raises [`HubPushError`] when the push fails midway).
-    """
-    from dataset_builders.folder import push_dataset_folder as push
-
-    warnings.warn(
-        "trl_dynamicpo.hub.push_dataset_folder moved to dataset_builders.folder.push_dataset_folder; this alias will be "
-        "removed in a future release.",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return push(folder, repo_id, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -148,3 +148,59 @@ def adapt_top_layers(lora_config, model, num_layers: int | None):
     lora_config.layers_to_transform = list(range(total - num_layers, total))
     lora_config.layers_pattern = "layers"
     return lora_config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model anatomy (decoder stack, top layers): read by the trunk cache, packing and LoRA placement
+# ----------------------------------------------------------------------------------------------------------------------
+def unwrap_causal_lm(model):
+    """The `PreTrainedModel` under DDP / DeepSpeed wrappers and PEFT."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def decoder_of(model):
+    """The decoder stack (`model.model` for Llama, Qwen2, Mistral, ...) with `layers`, `rotary_emb` and `norm`."""
+    causal_lm = unwrap_causal_lm(model)
+    decoder = getattr(causal_lm, "base_model", causal_lm)
+    missing = [name for name in ("layers", "rotary_emb", "norm") if not hasattr(decoder, name)]
+    if missing:
+        raise TypeError(
+            f"The trunk cache needs a decoder with `layers`, `rotary_emb` and `norm` (Llama, Qwen2, Mistral, ...); "
+            f"{type(decoder).__name__} has no {', '.join(missing)}."
+        )
+    return decoder
+
+
+def num_decoder_layers(model) -> int:
+    return len(decoder_of(model).layers)
+
+
+def first_trainable_layer(model, num_trainable_layers: int) -> int:
+    total = num_decoder_layers(model)
+    if not 1 <= num_trainable_layers <= total:
+        raise ValueError(
+            f"`num_trainable_layers` must lie in [1, {total}] for this model, got {num_trainable_layers}."
+        )
+    return total - num_trainable_layers
+
+
+def run_top_layers(causal_lm, inputs_embeds, attention_mask, position_ids, first_layer: int) -> torch.Tensor:
+    """The decoder above the trunk: layers `first_layer..N-1` and the final norm, on cached trunk states."""
+    decoder = decoder_of(causal_lm)
+    hidden = inputs_embeds
+    position_embeddings = decoder.rotary_emb(hidden, position_ids)
+    for layer in list(decoder.layers)[first_layer:]:
+        hidden = layer(
+            hidden,
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        if isinstance(hidden, tuple):  # older decoder layers return (hidden, ...)
+            hidden = hidden[0]
+    return decoder.norm(hidden)

@@ -182,7 +182,7 @@ def _install_answer_head(target) -> None:
     from trl.kernels import ChunkedLogProbFunction
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-    from .trunk_cache import run_top_layers
+    from .model_utils import run_top_layers
 
     previous = target.forward
     text_config = target.config.get_text_config()

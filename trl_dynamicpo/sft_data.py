@@ -6,8 +6,7 @@ preference stage continues from a model that saw the same token sequences.
 
 from __future__ import annotations
 
-from .data import tokenize_prompt_answers
-from .evaluation import _truncate_prompt
+from .data import tokenize_prompt_answers, truncate_prompt_ids
 
 
 def tokenize_sft_rows(batch: dict[str, list], tokenizer, separator: str, max_length: int | None) -> dict[str, list]:
@@ -35,7 +34,7 @@ def tokenize_sft_rows(batch: dict[str, list], tokenizer, separator: str, max_len
                 input_ids.append([])
                 labels.append([])
                 continue
-            prompt_ids = _truncate_prompt(prompt_ids, max_length - len(answer_ids), tokenizer.bos_token_id)
+            prompt_ids = truncate_prompt_ids(prompt_ids, max_length - len(answer_ids), tokenizer.bos_token_id)
         input_ids.append(prompt_ids + answer_ids)
         labels.append([-100] * len(prompt_ids) + answer_ids)
     return {"input_ids": input_ids, "labels": labels}

@@ -52,6 +52,12 @@ import numpy as np
 import torch
 
 from .io_utils import write_json
+from .model_utils import (
+    decoder_of,
+    first_trainable_layer,
+    num_decoder_layers,
+    unwrap_causal_lm,
+)
 
 
 FORMAT_VERSION = 1
@@ -68,44 +74,6 @@ class TrunkCacheMismatchError(ValueError):
 
 class _StopForward(Exception):
     """Raised by the capture hook: nothing above the trunk needs to run while building the cache."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Model anatomy
-# ----------------------------------------------------------------------------------------------------------------------
-def unwrap_causal_lm(model):
-    """The `PreTrainedModel` under DDP / DeepSpeed wrappers and PEFT."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def decoder_of(model):
-    """The decoder stack (`model.model` for Llama, Qwen2, Mistral, ...) with `layers`, `rotary_emb` and `norm`."""
-    causal_lm = unwrap_causal_lm(model)
-    decoder = getattr(causal_lm, "base_model", causal_lm)
-    missing = [name for name in ("layers", "rotary_emb", "norm") if not hasattr(decoder, name)]
-    if missing:
-        raise TypeError(
-            f"The trunk cache needs a decoder with `layers`, `rotary_emb` and `norm` (Llama, Qwen2, Mistral, ...); "
-            f"{type(decoder).__name__} has no {', '.join(missing)}."
-        )
-    return decoder
-
-
-def num_decoder_layers(model) -> int:
-    return len(decoder_of(model).layers)
-
-
-def first_trainable_layer(model, num_trainable_layers: int) -> int:
-    total = num_decoder_layers(model)
-    if not 1 <= num_trainable_layers <= total:
-        raise ValueError(
-            f"`num_trainable_layers` must lie in [1, {total}] for this model, got {num_trainable_layers}."
-        )
-    return total - num_trainable_layers
 
 
 def trunk_fingerprint(model, first_layer: int) -> str:
@@ -185,24 +153,6 @@ def compute_trunk_states(model, batch: dict[str, torch.Tensor], first_layer: int
     finally:
         handle.remove()
     return captured["states"]
-
-
-def run_top_layers(causal_lm, inputs_embeds, attention_mask, position_ids, first_layer: int) -> torch.Tensor:
-    """The decoder above the trunk: layers `first_layer..N-1` and the final norm, on cached trunk states."""
-    decoder = decoder_of(causal_lm)
-    hidden = inputs_embeds
-    position_embeddings = decoder.rotary_emb(hidden, position_ids)
-    for layer in list(decoder.layers)[first_layer:]:
-        hidden = layer(
-            hidden,
-            attention_mask=attention_mask,
-            position_embeddings=position_embeddings,
-            position_ids=position_ids,
-            use_cache=False,
-        )
-        if isinstance(hidden, tuple):  # older decoder layers return (hidden, ...)
-            hidden = hidden[0]
-    return decoder.norm(hidden)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -434,8 +384,7 @@ class TrunkCache:
         Returns:
             [`TrunkCache`].
         """
-        from .data import tokenize_prompt_answers
-        from .evaluation import _truncate_prompt
+        from .data import tokenize_prompt_answers, truncate_prompt_ids
         from .packing import pack_answers
 
         if storage_dtype not in STORAGE_DTYPES:
@@ -453,7 +402,7 @@ class TrunkCache:
                 raise ValueError(f"Row {index}, field `{answers_column or 'candidates'}`: needs non-empty titles.")
             prompt_ids, answer_ids = tokenize_prompt_answers(tokenizer, row["prompt"], answers, separator=separator)
             if max_prompt_length is not None:
-                prompt_ids = _truncate_prompt(list(prompt_ids), max_prompt_length, tokenizer.bos_token_id)
+                prompt_ids = truncate_prompt_ids(list(prompt_ids), max_prompt_length, tokenizer.bos_token_id)
             tokenized.append((list(prompt_ids), [list(a) for a in answer_ids]))
 
         decoder = decoder_of(model)

@@ -12,7 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data import truncate_prompt_ids
 from .config import SCORE_MODES, _check_choice
+
+
+_truncate_prompt = truncate_prompt_ids  # its name before it moved to trl_dynamicpo.data
 
 
 def _tokenize(tokenizer, prompt, answers: Sequence[str], separator: str = " ", add_eos: bool = True):
@@ -28,15 +32,6 @@ def _tokenize(tokenizer, prompt, answers: Sequence[str], separator: str = " ", a
         tokenizer, prompt, list(answers), separator=separator, add_eos=add_eos
     )
     return list(prompt_ids), [list(a) for a in answer_ids]
-
-
-def _truncate_prompt(ids: list[int], max_length: int, bos_token_id: int | None) -> list[int]:
-    """Keep the END of a too-long prompt (where "Answer:" is), and its leading BOS if it had one."""
-    if len(ids) <= max_length:
-        return ids
-    if bos_token_id is not None and ids and ids[0] == bos_token_id and max_length > 1:
-        return [ids[0], *ids[len(ids) - max_length + 1 :]]
-    return ids[len(ids) - max_length :]
 
 
 def _pad_token_id(tokenizer) -> int:
@@ -129,7 +124,7 @@ def generate_answers(
 
     pad_id = _pad_token_id(tokenizer)
     prompt_ids = [
-        _truncate_prompt(_tokenize(tokenizer, p, [])[0], max_prompt_length, tokenizer.bos_token_id) for p in prompts
+        truncate_prompt_ids(_tokenize(tokenizer, p, [])[0], max_prompt_length, tokenizer.bos_token_id) for p in prompts
     ]
     eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -222,7 +217,7 @@ def score_candidates(
     prompt_ids, answer_ids = [], []
     for prompt, cands in zip(prompts, candidates):
         ids, answers = _tokenize(tokenizer, prompt, cands, separator=separator, add_eos=add_eos)
-        prompt_ids.append(_truncate_prompt(list(ids), max_prompt_length, tokenizer.bos_token_id))
+        prompt_ids.append(truncate_prompt_ids(list(ids), max_prompt_length, tokenizer.bos_token_id))
         answer_ids.append([list(a) for a in answers])
     width = max((len(c) for c in candidates), default=0)
     scores = np.full((len(prompts), width), np.nan)
