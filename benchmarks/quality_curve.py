@@ -1,6 +1,6 @@
 """Learning curve of the quality study: HR@1 against training rows, next to what the same rows allow by counting.
 
-    python benchmarks/quality_curve.py --config benchmarks/quality_ml100k_cpu_curve.yaml --rows 256 768 2048 4096
+    python benchmarks/quality_curve.py --config benchmarks/quality_ml100k_cpu_curve.yaml --rows 256 768 2048 4096 8192
 
 Runs `quality.py` once per row count (each in `work_dir/rows-N`, resumable per cell, sharing `cache_dir`), then
 writes `learning_curve.json` and `learning_curve.png` to `output_dir`: ranking HR@1 of every cell against N, with
