@@ -112,11 +112,10 @@ class RecipeRun(StageWork):
         finished stage is left to `run_stage`: it is reused unless an upstream stage re-runs)."""
         problems = []
         for stage in self.recipe.stages:
-            if self.done(stage) is None or self.recipe.overwrite:
-                try:
-                    self.folders[stage].check_no_foreign_files()
-                except ForeignFilesError as err:
-                    problems.append(str(err))
+            folder = self.folders[stage]
+            foreign = folder.foreign_files() if folder.done is None or self.recipe.overwrite else []
+            if foreign:
+                problems.append(str(folder.foreign_files_error(foreign)))
         if problems:
             raise ForeignFilesError("\n".join(problems))
 
@@ -217,7 +216,8 @@ class RecipeRun(StageWork):
             return StageRecord(
                 stage, "reused", done.get("seconds", 0.0), done.get("metrics", {}), done.get("outputs", {})
             )
-        folder.check_no_foreign_files(foreign)
+        if foreign:
+            raise folder.foreign_files_error(foreign)
         if self.is_main:
             folder.start(inputs, self.recipe.overwrite)
         self.barrier()

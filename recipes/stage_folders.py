@@ -84,14 +84,13 @@ class StageFolder:
         own = self.own_files()
         return [name for name in files_under(self.path) if name not in own]
 
-    def check_no_foreign_files(self, foreign: list[str] | None = None) -> None:
-        foreign = self.foreign_files() if foreign is None else foreign
-        if foreign:
-            raise ForeignFilesError(
-                f"{self.path} holds {len(foreign)} file(s) that this recipe did not write: {describe_files(foreign)}. "
-                f"The '{self.stage}' stage writes that folder and the recipe never deletes or overwrites files of "
-                f"yours: move them out of {self.path} (or choose another output_dir), then run the same command again."
-            )
+    def foreign_files_error(self, foreign: list[str]) -> ForeignFilesError:
+        """The error naming the files of `foreign` (from [`foreign_files`]) and what to do with them."""
+        return ForeignFilesError(
+            f"{self.path} holds {len(foreign)} file(s) that this recipe did not write: {describe_files(foreign)}. "
+            f"The '{self.stage}' stage writes that folder and the recipe never deletes or overwrites files of "
+            f"yours: move them out of {self.path} (or choose another output_dir), then run the same command again."
+        )
 
     def reusable(self, inputs: dict, overwrite: bool) -> bool:
         done = self.done
