@@ -583,7 +583,8 @@ class _Eta:
 
     A training step costs about `prompt + (K + 1) x answer` tokens per row, so the measured seconds per token of the
     finished preference cells predict the others; evaluations cost the same for every cell (plus generation for SFT
-    and the K = 15 cells).
+    and the K = 15 cells). Until a preference cell has finished, SFT's seconds per token (`prompt + answer`) stand in,
+    so that the first estimate already counts the training of every remaining cell, not only its evaluation.
     """
 
     def __init__(self, cache):
@@ -591,6 +592,7 @@ class _Eta:
         self.prompt = float(np.mean([len(r["prompt_ids"]) for r in rows])) if rows else 380.0
         self.answer = float(np.mean([len(a) + 1 for r in rows for a in r["answer_ids"]])) if rows else 12.0
         self.per_token: list[float] = []
+        self.sft_per_token: list[float] = []
         self.ranking: list[float] = []
         self.generation: list[float] = []
 
@@ -599,8 +601,7 @@ class _Eta:
 
     def trained(self, cell: str, seconds: float) -> None:
         loss, k = parse_cell(cell)
-        if loss != "sft":
-            self.per_token.append(seconds / self.tokens(k))
+        (self.sft_per_token if loss == "sft" else self.per_token).append(seconds / self.tokens(k))
 
     def evaluated(self, record: dict) -> None:
         self.ranking.append(record["ranking_seconds"])
@@ -608,11 +609,11 @@ class _Eta:
             self.generation.append(record["generation_seconds"])
 
     def remaining(self, cells: list[str]) -> float:
-        total = 0.0
+        total, per_token = 0.0, self.per_token or self.sft_per_token
         for cell in cells:
             _, k = parse_cell(cell)
-            if self.per_token:
-                total += np.mean(self.per_token) * self.tokens(k)
+            if per_token:
+                total += np.mean(per_token) * self.tokens(k)
             total += np.mean(self.ranking) if self.ranking else 0.0
             if k == 15 and self.generation:
                 total += np.mean(self.generation)
