@@ -1,23 +1,14 @@
 """The popularity-fusion diagnostic of `benchmarks/quality_curve.py`, on hand-built scores."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from .testing_utils import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def quality_curve():
-    # benchmarks/ holds an `evaluate.py` that would shadow the `evaluate` package for every later test: put the folder
-    # on the path only for the import (the script adds its own folder too), then restore the path.
-    saved = list(sys.path)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import quality_curve
-    finally:
-        sys.path[:] = saved
-    return quality_curve
+    return import_benchmark("quality_curve")
 
 
 # 4 prompts, 3 candidates, the target always last (index 2, so that ties never favour it). Popularity ranks it first

@@ -1,20 +1,13 @@
 """The study ETA of `benchmarks/quality.py` (`_Eta`), on hand-set timings."""
 
-import sys
-from pathlib import Path
-
 import pytest
+
+from .testing_utils import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def quality():
-    saved = list(sys.path)  # benchmarks/evaluate.py would shadow the `evaluate` package: path only for the import
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import quality
-    finally:
-        sys.path[:] = saved
-    return quality
+    return import_benchmark("quality")
 
 
 def _eta(quality):

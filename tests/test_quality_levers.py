@@ -1,22 +1,17 @@
 """`benchmarks/quality_levers.py`: cells of different study runs compared on the same prompts, on hand-built cells."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from .testing_utils import import_benchmark
+
 
 @pytest.fixture(scope="module")
 def levers():
-    saved = list(sys.path)  # benchmarks/evaluate.py would shadow the `evaluate` package: path only for the import
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import quality_levers
-    finally:
-        sys.path[:] = saved
-    return quality_levers
+    return import_benchmark("quality_levers")
 
 
 SETTINGS = {"split": "validation", "num_eval_prompts": 4, "num_generation_prompts": 0, "score": "sum", "seed": 42}

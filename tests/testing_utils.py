@@ -25,6 +25,22 @@ CHAT_TEMPLATE = (
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def import_benchmark(name: str):
+    """Import the script `benchmarks/<name>.py` as a module. `benchmarks/` holds an `evaluate.py` that would shadow the
+    `evaluate` package for every later test: the folder is on `sys.path` only for the import (the scripts add their
+    own folder for their own imports), then the path is restored."""
+    import importlib
+    import sys
+
+    saved = list(sys.path)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
 
 
 def make_tokenizer(extra_words=()):
