@@ -23,12 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_report import metric_block, paired_block  # noqa: E402
+
 from trl_dynamicpo.evaluation import format_value, target_ranks  # noqa: E402
-from trl_dynamicpo.io_utils import write_json  # noqa: E402
-from trl_dynamicpo.statistics import bootstrap_ci, hits_at, ndcg_at, paired_bootstrap_ci  # noqa: E402
+from trl_dynamicpo.io_utils import read_json, write_json  # noqa: E402
 
 
-METRICS = {"hr@1": lambda ranks: hits_at(ranks, 1), "ndcg@10": lambda ranks: ndcg_at(ranks, 10)}
+METRICS = ("hr@1", "ndcg@10")  # the paired differences to the reference
 
 
 def load_run(spec: str) -> dict:
@@ -40,11 +43,9 @@ def load_run(spec: str) -> dict:
     folder = Path(work_dir) / "cells" / cell
     if not (folder / "eval.json").is_file() or not (folder / "scores.npy").is_file():
         raise SystemExit(f"error: --run {label!r}: {folder} has no eval.json and scores.npy (cell not evaluated).")
-    record = json.loads((folder / "eval.json").read_text())
-    train, sft = ({}, {})
-    for name, path in (("train", folder / "train.json"), ("sft", folder.parent / "sft" / "train.json")):
-        if path.is_file():
-            (train if name == "train" else sft).update(json.loads(path.read_text()))
+    record = read_json(folder / "eval.json")
+    train = read_json(folder / "train.json") or {}
+    sft = read_json(folder.parent / "sft" / "train.json") or {}
     target = np.asarray(record["target_index"], dtype=np.int64)
     return {
         "label": label,
@@ -73,14 +74,11 @@ def compare(runs: list[dict], resamples: int, seed: int) -> list[dict]:
     for run in runs:
         row = {"label": run["label"], "cell": run["cell"], "work_dir": run["work_dir"], "eval": run["settings"]}
         row["train"], row["sft"] = run["train_settings"], run["sft_settings"]
-        for name, per_prompt in METRICS.items():
-            value, ci = bootstrap_ci(per_prompt(run["ranks"]), resamples, seed=seed)
-            row[name], row[f"{name}_ci"] = value, list(ci)
-            if run is not reference:
-                diff, diff_ci = paired_bootstrap_ci(
-                    per_prompt(run["ranks"]), per_prompt(reference["ranks"]), resamples, seed=seed
-                )
-                row[f"{name}_minus_reference"], row[f"{name}_minus_reference_ci"] = diff, list(diff_ci)
+        row.update(metric_block(run["ranks"], resamples, seed))  # the study report's own statistics
+        if run is not reference:
+            paired = paired_block(run["ranks"], reference["ranks"], resamples, seed)
+            for name in METRICS:
+                row[f"{name}_minus_reference"], row[f"{name}_minus_reference_ci"] = paired[name], paired[f"{name}_ci"]
         rows.append(row)
     return rows
 
@@ -133,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "levers.json", {"num_prompts": len(runs[0]["target"]), "baselines": baselines, "runs": rows})
-    (out / "table.md").write_text(table(rows, baselines), encoding="utf-8")
-    print(table(rows, baselines), end="")
+    text = table(rows, baselines)
+    (out / "table.md").write_text(text, encoding="utf-8")
+    print(text, end="")
     return 0
 
 

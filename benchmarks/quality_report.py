@@ -48,7 +48,8 @@ def _commit() -> str | None:
         return None
 
 
-def _metric_block(ranks: np.ndarray, resamples: int, seed: int) -> dict:
+def metric_block(ranks: np.ndarray, resamples: int, seed: int) -> dict:
+    """HR@1 and NDCG@10 with bootstrap intervals, HR@5 and MRR, from per-prompt target ranks."""
     from trl_dynamicpo.statistics import bootstrap_ci, hits_at, ndcg_at
 
     hr1, hr1_ci = bootstrap_ci(hits_at(ranks, 1), resamples, seed=seed)
@@ -63,7 +64,8 @@ def _metric_block(ranks: np.ndarray, resamples: int, seed: int) -> dict:
     }
 
 
-def _paired(ranks_a: np.ndarray, ranks_b: np.ndarray, resamples: int, seed: int) -> dict:
+def paired_block(ranks_a: np.ndarray, ranks_b: np.ndarray, resamples: int, seed: int) -> dict:
+    """HR@1 and NDCG@10 of `a - b` on the same prompts, with paired bootstrap intervals."""
     from trl_dynamicpo.statistics import hits_at, ndcg_at, paired_bootstrap_ci
 
     hr, hr_ci = paired_bootstrap_ci(hits_at(ranks_a, 1), hits_at(ranks_b, 1), resamples, seed=seed)
@@ -97,7 +99,7 @@ def baseline_ranks(study) -> dict:
 
 def _baseline_blocks(ranks: dict, args) -> dict:
     return {
-        name: _metric_block(ranks[f"baseline:{name}"], args.bootstrap_resamples, args.seed)
+        name: metric_block(ranks[f"baseline:{name}"], args.bootstrap_resamples, args.seed)
         for name in BASELINES
         if f"baseline:{name}" in ranks
     }
@@ -158,7 +160,7 @@ def collect(study) -> dict:
             "name": cell,
             "loss": loss,
             "num_negatives": k,
-            **_metric_block(ranks[cell], args.bootstrap_resamples, seed),
+            **metric_block(ranks[cell], args.bootstrap_resamples, seed),
             "train_rows": trained["train_rows"],
             "steps": trained["steps"],
             "train_seconds": trained["train_seconds"],
@@ -177,13 +179,13 @@ def collect(study) -> dict:
     resamples = args.bootstrap_resamples
     for cell, entry in by_name.items():
         if "baseline:popularity" in ranks:
-            entry["vs_popularity"] = _paired(ranks[cell], ranks["baseline:popularity"], resamples, seed)
+            entry["vs_popularity"] = paired_block(ranks[cell], ranks["baseline:popularity"], resamples, seed)
         if cell != "sft" and "sft" in ranks:
-            entry["vs_sft"] = _paired(ranks[cell], ranks["sft"], resamples, seed)
+            entry["vs_sft"] = paired_block(ranks[cell], ranks["sft"], resamples, seed)
     for cell in by_name:
         loss, k = parse_cell(cell)
         if loss == "dynamicpo" and f"dmpo@{k}" in ranks:
-            results["comparisons"][f"dynamicpo@{k} - dmpo@{k}"] = _paired(
+            results["comparisons"][f"dynamicpo@{k} - dmpo@{k}"] = paired_block(
                 ranks[cell], ranks[f"dmpo@{k}"], resamples, seed
             )
     return results
