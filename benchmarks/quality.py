@@ -143,6 +143,15 @@ class QualityArguments:
     )
     # evaluation
     score: str = field(default="sum", metadata={"help": "Ranking score: 'sum' or 'mean' (length-normalized)."})
+    candidate_orders: int = field(
+        default=1,
+        metadata={
+            "help": "Score every evaluation prompt under this many rotations of its candidate list and average each "
+            "candidate's score (`trl_dynamicpo.evaluation.orders`): cancels the model's preference for a place in the "
+            "list. 1 = the prompts as built. Each extra order costs a trunk cache of the evaluation rows and one "
+            "more ranking pass per cell; generation always uses the prompts as built."
+        },
+    )
     eval_batch_size: int = field(default=8, metadata={"help": "Prompts per ranking forward pass."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the prompts."})
@@ -164,6 +173,8 @@ class QualityArguments:
             raise ValueError(f"`train_selection` must be 'recent' or 'random', got {self.train_selection!r}.")
         if self.eval_split not in ("test", "validation"):
             raise ValueError(f"`eval_split` must be 'test' or 'validation', got {self.eval_split!r}.")
+        if self.candidate_orders < 1:
+            raise ValueError(f"`candidate_orders` must be >= 1, got {self.candidate_orders}.")
         if self.num_generation_prompts > self.num_eval_prompts:
             raise ValueError("`num_generation_prompts` cannot exceed `num_eval_prompts` (they are a subset).")
         for cell in self.grid:
@@ -239,7 +250,7 @@ class Study:
         path = self.work / "timings.json"
         write_json(path, {**(read_json(path) or {}), key: seconds})
 
-    def cache(self, name: str, rows, model, tokenizer):
+    def cache(self, name: str, rows, model, tokenizer, order: str | None = None):
         from trl_dynamicpo.trunk_cache import TrunkCache
 
         a = self.args
@@ -256,10 +267,15 @@ class Study:
             "num_eval_prompts": a.num_eval_prompts if name == "eval" else None,
             "train_rows": a.train_rows if name == "train" else None,
         }
+        if (
+            order is not None
+        ):  # a rotated candidate list (only then: the caches of the prompts as built keep their name)
+            settings["candidate_order"] = order
         root = Path(a.cache_dir) if a.cache_dir else self.work / "cache"
         folder = root / f"{name}-{fingerprint(settings)}"
         start = time.perf_counter()
-        print(f"trunk cache of the {name} rows ({len(rows)}): {folder}", flush=True)
+        label = f"{name} rows, candidate order {order}" if order else f"{name} rows"
+        print(f"trunk cache of the {label} ({len(rows)}): {folder}", flush=True)
         cache = TrunkCache.build(
             model,
             tokenizer,
@@ -271,8 +287,22 @@ class Study:
         )
         seconds = time.perf_counter() - start
         if seconds > 5:
-            self.record_timing(f"cache_{name}", seconds)
+            self.record_timing(f"cache_{name}" + (f"_order_{order}" if order else ""), seconds)
         return cache
+
+    def candidate_orders(self, model, tokenizer) -> list[tuple[list, list, object]]:
+        """(prompts, candidates, trunk cache) of every candidate order of the evaluation rows; order 0 as built."""
+        from datasets import Dataset
+
+        from trl_dynamicpo.evaluation.orders import order_key, reorder_rows
+
+        orders = [(self.eval["prompt"], self.eval["candidates"], self.cache("eval", self.eval, model, tokenizer))]
+        num_orders = self.args.candidate_orders
+        for o in range(1, num_orders):
+            prompts, candidates = reorder_rows(self.eval["prompt"], self.eval["candidates"], o, num_orders)
+            rows = Dataset.from_dict({"prompt": prompts, "candidates": candidates})
+            orders.append((prompts, candidates, self.cache("eval", rows, model, tokenizer, order_key(o, num_orders))))
+        return orders
 
     # ------------------------------------------------------------------ models
     @property
@@ -368,6 +398,8 @@ class Study:
             "score": a.score,
             "bf16": a.bf16,
             "seed": a.seed,
+            # Only when used, so that the cells evaluated before the option existed stay cached.
+            **({"candidate_orders": a.candidate_orders} if a.candidate_orders > 1 else {}),
         }
 
     # ------------------------------------------------------------------ cells
@@ -485,22 +517,28 @@ class Study:
         from peft import PeftModel
 
         from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_candidates, target_indices
+        from trl_dynamicpo.evaluation.orders import average_over_orders, to_original_order
 
         model, _ = self.load_base()
         model = PeftModel.from_pretrained(model, str(self.cell_dir(cell) / "adapter"))
         settings = self.eval_settings(cell)
         start = time.perf_counter()
+        per_order = []
         with self.autocast():
-            scores = score_candidates(
-                model,
-                tokenizer,
-                self.eval["prompt"],
-                self.eval["candidates"],
-                batch_size=self.args.eval_batch_size,
-                score=self.args.score,
-                trunk_cache=self.eval_cache,
-                show_progress=not os.environ.get("TQDM_DISABLE"),
-            )
+            for prompts, candidates, cache in self.eval_orders:
+                per_order.append(
+                    score_candidates(
+                        model,
+                        tokenizer,
+                        prompts,
+                        candidates,
+                        batch_size=self.args.eval_batch_size,
+                        score=self.args.score,
+                        trunk_cache=cache,
+                        show_progress=not os.environ.get("TQDM_DISABLE"),
+                    )
+                )
+        scores = average_over_orders(per_order, [len(c) for c in self.eval["candidates"]])
         ranking_seconds = time.perf_counter() - start
         record = {
             "cell": cell,
@@ -525,6 +563,10 @@ class Study:
             record["generation"] = generation_metrics(outputs, rows["candidates"], rows["target"], "exact")
             record["generation_outputs"] = outputs
         np.save(self.cell_dir(cell) / "scores.npy", scores)
+        if len(per_order) > 1:  # each order's scores (in the rows' own candidate order), for the single-order numbers
+            back = [to_original_order(s, [len(c) for c in self.eval["candidates"]], o, len(per_order))
+                    for o, s in enumerate(per_order)]  # fmt: skip
+            np.save(self.cell_dir(cell) / "scores_per_order.npy", np.stack(back))
         record["target_index"] = target_indices(self.eval["candidates"], self.eval["target"]).tolist()
         write_json(self.cell_dir(cell) / "eval.json", record)
         return record
@@ -549,7 +591,7 @@ class Study:
         if not self.args.report_only:
             model, tokenizer = self.load_base()
             self.train_cache = self.cache("train", self.train, model, tokenizer)
-            self.eval_cache = self.cache("eval", self.eval, model, tokenizer)
+            self.eval_orders = self.candidate_orders(model, tokenizer)
             del model
             cells = self.cells()
             todo = [c for c in cells if self.evaluated(c) is None]

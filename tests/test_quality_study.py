@@ -112,3 +112,16 @@ def test_study_writes_results_and_reruns_only_what_changed(tmp_path, small_smoll
     after = _mtimes(tmp_path / "work")
     assert after["sft"] == before["sft"] and after["dmpo@3"] != before["dmpo@3"]
     assert after["dynamicpo@3"] == before["dynamicpo@3"]
+
+    # Candidate orders are an evaluation setting: the trained cells stay, each is scored again under 2 orders, and
+    # its scores are the mean of the orders' (order 0 = the prompts as built, the scores saved before).
+    single = np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores.npy")
+    capsys.readouterr()
+    assert _run(_argv(tmp_path, small_smollm2, grid=("dmpo@3",), learning_rate=5e-4, candidate_orders=2)) == 0
+    assert "0 of 2 cells cached; to run: sft dmpo@3" in capsys.readouterr().out
+    assert _mtimes(tmp_path / "work") == after
+    per_order = np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores_per_order.npy")
+    assert per_order.shape == (2, *single.shape)
+    np.testing.assert_allclose(per_order[0], single, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores.npy"), per_order.mean(0))
+    assert not np.allclose(per_order[1], single, atol=1e-3)  # the rotated prompts score differently

@@ -95,6 +95,15 @@ class EvaluationConfig:
         metadata={"help": "With > 0, 95% percentile-bootstrap intervals of HR@1 and NDCG@10 over the prompts."},
     )
 
+    candidate_orders: int = field(
+        default=1,
+        metadata={
+            "help": "Ranking protocol: score every prompt under this many evenly spaced rotations of its candidate "
+            "list and average each candidate's score, which cancels the model's preference for places in the list "
+            "(`trl_dynamicpo.evaluation.orders`). 1: the prompts as built. Costs one ranking pass per order."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.protocols, str):
             self.protocols = [self.protocols]
@@ -109,6 +118,8 @@ class EvaluationConfig:
         for name in ("max_samples", "generation_max_samples", "ranking_max_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be positive or None.")
+        if self.candidate_orders < 1:
+            raise ValueError(f"`candidate_orders` must be >= 1, got {self.candidate_orders}.")
         if self.bootstrap_resamples < 0:
             raise ValueError("`bootstrap_resamples` must be 0 (no intervals) or positive.")
 

@@ -22,6 +22,7 @@ from .metrics import (
     ranking_metrics,
     target_indices,
 )
+from .orders import average_over_orders, reorder_rows
 
 
 def evaluate_recommender(
@@ -132,6 +133,15 @@ def _ranking(model, tokenizer, prompts, candidates, targets, lookup, config, tru
     scores, runtime = _timed(
         score_candidates, config, _RANKING_SETTINGS, model, tokenizer, prompts, candidates, trunk_cache=trunk_cache
     )
+    if config.candidate_orders > 1:
+        # The trunk cache holds the prompts as built; a rotated prompt is another token sequence, scored in full.
+        per_order = [scores]
+        for order in range(1, config.candidate_orders):
+            rotated = reorder_rows(prompts, candidates, order, config.candidate_orders)
+            order_scores, seconds = _timed(score_candidates, config, _RANKING_SETTINGS, model, tokenizer, *rotated)
+            per_order.append(order_scores)
+            runtime += seconds
+        scores = average_over_orders(per_order, [len(c) for c in candidates])
     target_index = target_indices(candidates, targets)
     metrics = ranking_metrics(scores, target_index, lookup, candidates)
     results = _prefixed("ranking", {**metrics, "runtime_s": runtime})
