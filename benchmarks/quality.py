@@ -267,9 +267,8 @@ class Study:
             "num_eval_prompts": a.num_eval_prompts if name == "eval" else None,
             "train_rows": a.train_rows if name == "train" else None,
         }
-        if (
-            order is not None
-        ):  # a rotated candidate list (only then: the caches of the prompts as built keep their name)
+        # A rotated candidate list; only then, so that the caches of the prompts as built keep their name.
+        if order is not None:
             settings["candidate_order"] = order
         root = Path(a.cache_dir) if a.cache_dir else self.work / "cache"
         folder = root / f"{name}-{fingerprint(settings)}"
@@ -517,7 +516,7 @@ class Study:
         from peft import PeftModel
 
         from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_candidates, target_indices
-        from trl_dynamicpo.evaluation.orders import average_over_orders, to_original_order
+        from trl_dynamicpo.evaluation.orders import in_original_order
 
         model, _ = self.load_base()
         model = PeftModel.from_pretrained(model, str(self.cell_dir(cell) / "adapter"))
@@ -538,7 +537,8 @@ class Study:
                         show_progress=not os.environ.get("TQDM_DISABLE"),
                     )
                 )
-        scores = average_over_orders(per_order, [len(c) for c in self.eval["candidates"]])
+        per_order = in_original_order(per_order, [len(c) for c in self.eval["candidates"]])
+        scores = per_order.mean(axis=0)
         ranking_seconds = time.perf_counter() - start
         record = {
             "cell": cell,
@@ -564,9 +564,7 @@ class Study:
             record["generation_outputs"] = outputs
         np.save(self.cell_dir(cell) / "scores.npy", scores)
         if len(per_order) > 1:  # each order's scores (in the rows' own candidate order), for the single-order numbers
-            back = [to_original_order(s, [len(c) for c in self.eval["candidates"]], o, len(per_order))
-                    for o, s in enumerate(per_order)]  # fmt: skip
-            np.save(self.cell_dir(cell) / "scores_per_order.npy", np.stack(back))
+            np.save(self.cell_dir(cell) / "scores_per_order.npy", per_order)
         record["target_index"] = target_indices(self.eval["candidates"], self.eval["target"]).tolist()
         write_json(self.cell_dir(cell) / "eval.json", record)
         return record

@@ -50,12 +50,7 @@ def order_key(order: int, num_orders: int) -> str | None:
 def _candidate_block(prompt: str, candidates: Sequence[str], row: int) -> tuple[int, int, str]:
     """Start, end and separator of the one place where the prompt lists `candidates` in their order."""
     where = f"Row {row}: " if row is not None else ""
-    if len(candidates) == 1:
-        start = prompt.find(candidates[0])
-        if start < 0 or prompt.find(candidates[0], start + 1) >= 0:
-            raise ValueError(f"{where}the `prompt` must name its one candidate exactly once to be reordered.")
-        return start, start + len(candidates[0]), ""
-    found = []
+    found = []  # called with >= 2 candidates only: a single one has nothing to rotate
     start = prompt.find(candidates[0])
     while start >= 0:
         after = start + len(candidates[0])
@@ -133,6 +128,15 @@ def to_original_order(scores: np.ndarray, num_candidates: Sequence[int], order: 
     return np.take_along_axis(scores, source, axis=1)
 
 
+def in_original_order(scores_per_order: Sequence[np.ndarray], num_candidates: Sequence[int]) -> np.ndarray:
+    """`[P, N, A_max]`: the scores of every order `0 .. P-1` (P = the length of `scores_per_order`), each put back in
+    the rows' own candidate order ([`to_original_order`])."""
+    if not scores_per_order:
+        raise ValueError("`scores_per_order` is empty.")
+    num_orders = len(scores_per_order)
+    return np.stack([to_original_order(s, num_candidates, o, num_orders) for o, s in enumerate(scores_per_order)])
+
+
 def average_over_orders(scores_per_order: Sequence[np.ndarray], num_candidates: Sequence[int]) -> np.ndarray:
     """Mean score of every candidate over the orders, in each row's own candidate order.
 
@@ -144,8 +148,4 @@ def average_over_orders(scores_per_order: Sequence[np.ndarray], num_candidates: 
     Returns:
         `np.ndarray`: `[N, A_max]` float64, NaN where a row has fewer candidates.
     """
-    if not scores_per_order:
-        raise ValueError("`scores_per_order` is empty.")
-    num_orders = len(scores_per_order)
-    back = [to_original_order(s, num_candidates, o, num_orders) for o, s in enumerate(scores_per_order)]
-    return np.mean(np.stack(back), axis=0)
+    return in_original_order(scores_per_order, num_candidates).mean(axis=0)
