@@ -28,11 +28,13 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -169,6 +171,14 @@ class QualityArguments:
     )
 
     def __post_init__(self):
+        # TrlParser hands YAML values over as YAML typed them: `epochs: 2` arrives as the int 2 while `--epochs 2`
+        # arrives as 2.0. The cells' fingerprints hash the values, so without this the same setting written two ways
+        # would retrain a cell.
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if _is_float(hints[f.name]) and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
         if self.train_selection not in ("recent", "random"):
             raise ValueError(f"`train_selection` must be 'recent' or 'random', got {self.train_selection!r}.")
         if self.eval_split not in ("test", "validation"):
@@ -179,6 +189,11 @@ class QualityArguments:
             raise ValueError("`num_generation_prompts` cannot exceed `num_eval_prompts` (they are a subset).")
         for cell in self.grid:
             parse_cell(cell)
+
+
+def _is_float(hint) -> bool:
+    """Whether a field annotated `hint` holds a float (`float`, `float | None`)."""
+    return hint is float or float in typing.get_args(hint)
 
 
 def fingerprint(values: dict) -> str:
@@ -289,19 +304,20 @@ class Study:
             self.record_timing(f"cache_{name}" + (f"_order_{order}" if order else ""), seconds)
         return cache
 
-    def candidate_orders(self, model, tokenizer) -> list[tuple[list, list, object]]:
-        """(prompts, candidates, trunk cache) of every candidate order of the evaluation rows; order 0 as built."""
+    def candidate_orders(self, model, tokenizer) -> list:
+        """The trunk cache of every candidate order of the evaluation rows (order 0: the rows as built), in the order
+        `score_over_orders` takes them."""
         from datasets import Dataset
 
         from trl_dynamicpo.evaluation.orders import order_key, reorder_rows
 
-        orders = [(self.eval["prompt"], self.eval["candidates"], self.cache("eval", self.eval, model, tokenizer))]
+        caches = [self.cache("eval", self.eval, model, tokenizer)]
         num_orders = self.args.candidate_orders
         for o in range(1, num_orders):
             prompts, candidates = reorder_rows(self.eval["prompt"], self.eval["candidates"], o, num_orders)
             rows = Dataset.from_dict({"prompt": prompts, "candidates": candidates})
-            orders.append((prompts, candidates, self.cache("eval", rows, model, tokenizer, order_key(o, num_orders))))
-        return orders
+            caches.append(self.cache("eval", rows, model, tokenizer, order_key(o, num_orders)))
+        return caches
 
     # ------------------------------------------------------------------ models
     @property
@@ -355,6 +371,13 @@ class Study:
         )
         values.update(overrides)
         return DynamicPOConfig(**values)
+
+    def planned_steps(self, cell: str) -> int:
+        """Optimizer steps of `cell`, as the Trainer counts them (partial last batch and accumulation included)."""
+        a = self.args
+        batches = math.ceil(len(self.train) / a.batch_size)
+        epochs = a.sft_epochs if cell == "sft" else a.epochs
+        return math.ceil(epochs * max(batches // a.gradient_accumulation_steps, 1))
 
     # ------------------------------------------------------------------ fingerprints
     def sft_settings(self) -> dict:
@@ -515,29 +538,24 @@ class Study:
     def evaluate_cell(self, cell: str, tokenizer) -> dict:
         from peft import PeftModel
 
-        from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_candidates, target_indices
-        from trl_dynamicpo.evaluation.orders import in_original_order
+        from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_over_orders, target_indices
 
         model, _ = self.load_base()
         model = PeftModel.from_pretrained(model, str(self.cell_dir(cell) / "adapter"))
         settings = self.eval_settings(cell)
         start = time.perf_counter()
-        per_order = []
         with self.autocast():
-            for prompts, candidates, cache in self.eval_orders:
-                per_order.append(
-                    score_candidates(
-                        model,
-                        tokenizer,
-                        prompts,
-                        candidates,
-                        batch_size=self.args.eval_batch_size,
-                        score=self.args.score,
-                        trunk_cache=cache,
-                        show_progress=not os.environ.get("TQDM_DISABLE"),
-                    )
-                )
-        per_order = in_original_order(per_order, [len(c) for c in self.eval["candidates"]])
+            per_order = score_over_orders(
+                model,
+                tokenizer,
+                self.eval["prompt"],
+                self.eval["candidates"],
+                self.args.candidate_orders,
+                trunk_caches=self.eval_caches,
+                batch_size=self.args.eval_batch_size,
+                score=self.args.score,
+                show_progress=not os.environ.get("TQDM_DISABLE"),
+            )
         scores = per_order.mean(axis=0)
         ranking_seconds = time.perf_counter() - start
         record = {
@@ -589,25 +607,29 @@ class Study:
         if not self.args.report_only:
             model, tokenizer = self.load_base()
             self.train_cache = self.cache("train", self.train, model, tokenizer)
-            self.eval_orders = self.candidate_orders(model, tokenizer)
+            self.eval_caches = self.candidate_orders(model, tokenizer)
             del model
             cells = self.cells()
             todo = [c for c in cells if self.evaluated(c) is None]
             print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; to run: {' '.join(todo) or 'none'}")
-            eta = _Eta(self.train_cache)
+            eta = _Eta(self.train_cache, steps=self.planned_steps)
+            for cell in cells:  # cells trained earlier (or copied from another study) measure the speed too
+                record = self.trained(cell)
+                if record and "train_seconds" in record:
+                    eta.trained(cell, record["train_seconds"], record["steps"])
             for i, cell in enumerate(todo, 1):
                 start = time.perf_counter()
                 if cell != "sft" and self.trained("sft") is None:
                     raise RuntimeError("The SFT cell must be trained first: run with `sft` in --cells.")
                 if self.trained(cell) is None:
                     record = self.train_cell(cell, tokenizer)
-                    eta.trained(cell, record["train_seconds"])
+                    eta.trained(cell, record["train_seconds"], record["steps"])
                     print(f"[{cell}] trained: {record['steps']} steps in {record['train_seconds']:.0f} s", flush=True)
                 record = self.evaluate_cell(cell, tokenizer)
                 eta.evaluated(record)
                 print(
                     f"[{i}/{len(todo)}] {cell}: done in {time.perf_counter() - start:.0f} s; study ETA "
-                    f"{eta.remaining(todo[i:]) / 60:.0f} min",
+                    f"{eta.remaining(todo[i:], untrained=[c for c in todo[i:] if self.trained(c) is None]) / 60:.0f} min",
                     flush=True,
                 )
         timings_path = self.work / "timings.json"
@@ -621,16 +643,22 @@ class Study:
 class _Eta:
     """Remaining time of a study from the cells measured so far.
 
-    A training step costs about `prompt + (K + 1) x answer` tokens per row, so the measured seconds per token of the
-    finished preference cells predict the others; evaluations cost the same for every cell (plus generation for SFT
-    and the K = 15 cells). Until a preference cell has finished, SFT's seconds per token (`prompt + answer`) stand in,
-    so that the first estimate already counts the training of every remaining cell, not only its evaluation.
+    A training step costs about `prompt + (K + 1) x answer` tokens per row, so the measured seconds per token and
+    step of the trained preference cells (of this run, or cached) predict the others; evaluations cost the same for
+    every cell (plus generation for SFT and the K = 15 cells). Until a preference cell has been measured, SFT's
+    seconds per token (`prompt + answer`) stand in, so that the first estimate already counts the training of every
+    remaining cell. A cell whose training is cached (e.g. copied from another study) counts its evaluation only.
+
+    Args:
+        cache: the training rows' `TrunkCache` (their mean prompt and answer lengths), or None for 380 / 12 tokens.
+        steps: a cell name -> its optimizer steps (`Study.planned_steps`); None counts 1 step per cell.
     """
 
-    def __init__(self, cache):
+    def __init__(self, cache, steps=None):
         rows = [cache._rows[i] for i in range(len(cache))] if cache is not None else []
         self.prompt = float(np.mean([len(r["prompt_ids"]) for r in rows])) if rows else 380.0
         self.answer = float(np.mean([len(a) + 1 for r in rows for a in r["answer_ids"]])) if rows else 12.0
+        self.steps = steps or (lambda cell: 1)
         self.per_token: list[float] = []
         self.sft_per_token: list[float] = []
         self.ranking: list[float] = []
@@ -639,21 +667,24 @@ class _Eta:
     def tokens(self, k: int) -> float:
         return self.prompt + (k + 1) * self.answer
 
-    def trained(self, cell: str, seconds: float) -> None:
+    def trained(self, cell: str, seconds: float, steps: int | None = None) -> None:
         loss, k = parse_cell(cell)
-        (self.sft_per_token if loss == "sft" else self.per_token).append(seconds / self.tokens(k))
+        rate = seconds / (self.tokens(k) * (steps or self.steps(cell)))
+        (self.sft_per_token if loss == "sft" else self.per_token).append(rate)
 
     def evaluated(self, record: dict) -> None:
         self.ranking.append(record["ranking_seconds"])
         if "generation_seconds" in record:
             self.generation.append(record["generation_seconds"])
 
-    def remaining(self, cells: list[str]) -> float:
+    def remaining(self, cells: list[str], untrained: list[str] | None = None) -> float:
+        """Seconds left for `cells`, of which `untrained` (default: all) still need training."""
         total, per_token = 0.0, self.per_token or self.sft_per_token
+        untrained = cells if untrained is None else untrained
         for cell in cells:
             _, k = parse_cell(cell)
-            if per_token:
-                total += np.mean(per_token) * self.tokens(k)
+            if per_token and cell in untrained:
+                total += np.mean(per_token) * self.tokens(k) * self.steps(cell)
             total += np.mean(self.ranking) if self.ranking else 0.0
             if k == 15 and self.generation:
                 total += np.mean(self.generation)

@@ -103,3 +103,49 @@ def test_evaluate_recommender_averages_the_naive_scores_of_every_rotation():
     assert not np.allclose(single["ranking/scores"][0, :3], expected[0, :3], atol=1e-3)  # the rotations matter
     with pytest.raises(ValueError, match="`candidate_orders` must be >= 1"):
         EvaluationConfig(candidate_orders=0)
+
+
+ROTATABLE = [
+    {"prompt": "user has watched heat . choose from alien , jaws , rocky . answer:", "candidates": ["alien", "jaws", "rocky"]},
+    {"prompt": "predict the next movie : star wars , dune , rush , drive . answer:", "candidates": ["star wars", "dune", "rush", "drive"]},
+]  # fmt: skip
+
+
+def test_score_over_orders_with_a_trunk_cache_per_order_equals_the_full_forward(tmp_path):
+    from datasets import Dataset
+
+    from trl_dynamicpo.evaluation import score_candidates, score_over_orders
+    from trl_dynamicpo.trunk_cache import TrunkCache
+
+    from .testing_utils import make_tiny_model, make_tokenizer
+
+    tokenizer = make_tokenizer()
+    model = make_tiny_model(tokenizer, seed=0, num_hidden_layers=4, attn_implementation="sdpa")
+    prompts, candidates = [r["prompt"] for r in ROTATABLE], [r["candidates"] for r in ROTATABLE]
+    caches = []
+    for o in range(3):
+        rotated_prompts, rotated_candidates = reorder_rows(prompts, candidates, o, 3)
+        rows = Dataset.from_dict({"prompt": rotated_prompts, "candidates": rotated_candidates})
+        caches.append(
+            TrunkCache.build(model, tokenizer, rows, tmp_path / str(o), num_trainable_layers=2, show_progress=False)
+        )
+    full = score_over_orders(model, tokenizer, prompts, candidates, 3, show_progress=False)
+    cached = score_over_orders(model, tokenizer, prompts, candidates, 3, trunk_caches=caches, show_progress=False)
+    assert full.shape == (3, 2, 4)
+    np.testing.assert_allclose(cached, full, atol=1e-4, rtol=0)
+    # Order 0 is the rows as built; order 1 is its own prompts' scores mapped back to the rows' candidate order.
+    np.testing.assert_allclose(full[0], score_candidates(model, tokenizer, prompts, candidates, show_progress=False))
+    rotated = score_candidates(model, tokenizer, *reorder_rows(prompts, candidates, 1, 3), show_progress=False)
+    np.testing.assert_allclose(full[1], to_original_order(rotated, [3, 4], 1, 3))
+    with pytest.raises(ValueError, match="2 entries for 3 orders"):
+        score_over_orders(model, tokenizer, prompts, candidates, 3, trunk_caches=caches[:2])
+
+
+def test_score_over_orders_fails_on_an_unrotatable_prompt_before_running_the_model():
+    from trl_dynamicpo.evaluation import score_over_orders
+
+    prompts = [ROTATABLE[0]["prompt"], "predict the next movie . answer:"]
+    candidates = [ROTATABLE[0]["candidates"], ["star wars", "dune"]]
+    # model=None: had order 0 been scored before the rotations were built, this would be an AttributeError.
+    with pytest.raises(ValueError, match="Row 1: the `prompt` must list its `candidates` once"):
+        score_over_orders(None, None, prompts, candidates, 2)

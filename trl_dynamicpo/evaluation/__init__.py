@@ -31,7 +31,7 @@ print(format_results_table(results))
 
 from .config import MATCH_MODES, PROTOCOLS, SCORE_MODES, EvaluationConfig
 from .inference import _truncate_prompt as _truncate_prompt
-from .inference import generate_answers, score_candidates
+from .inference import generate_answers, score_candidates, score_over_orders
 from .metrics import RECOMMENDATION_ACCURACY_PATH as RECOMMENDATION_ACCURACY_PATH
 from .metrics import _as_lookup as _as_lookup
 from .metrics import _head as _head
@@ -76,6 +76,7 @@ __all__ = [
     "ranking_metrics",
     "save_results",
     "score_candidates",
+    "score_over_orders",
     "target_indices",
     "target_ranks",
 ]

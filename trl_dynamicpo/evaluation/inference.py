@@ -250,3 +250,60 @@ def score_candidates(
                     values = values / np.array([len(a) for a in answer_ids[i]], dtype=np.float64)
                 scores[i, :n] = values
     return scores
+
+
+def score_over_orders(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    num_orders: int = 1,
+    *,
+    trunk_caches: Sequence | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """[`score_candidates`] under each of `num_orders` rotations of every prompt's candidate list
+    ([`~trl_dynamicpo.evaluation.orders`]), every order's scores put back in the rows' own candidate order.
+
+    Averaging over the first axis gives the order-ensembled scores; each slice is a single order's scores (order 0 =
+    the prompts as built).
+
+    Args:
+        model: A causal LM, as for [`score_candidates`].
+        tokenizer: Its tokenizer.
+        prompts (`Sequence[str]`): Plain-text prompts, each listing its candidates once (see
+            [`~trl_dynamicpo.evaluation.orders.reorder_prompt`]).
+        candidates (`Sequence[Sequence[str]]`): Candidate titles per prompt, in the order the prompt lists them.
+        num_orders (`int`, defaults to `1`): Rotations to score (1 = the prompts as built only).
+        trunk_caches (`Sequence`, *optional*): One entry per order: the [`~trl_dynamicpo.trunk_cache.TrunkCache`] of
+            that order's rotated rows (`reorder_rows(prompts, candidates, o, num_orders)`), or None to run that order
+            in full.
+        **kwargs: The other keyword arguments of [`score_candidates`] (`batch_size`, `score`, ...).
+
+    Returns:
+        `np.ndarray`: float64 `[num_orders, N, A_max]`, NaN where a prompt has fewer candidates.
+
+    Raises:
+        ValueError: If a prompt does not list its candidates in a way that can be rotated (the error names the row),
+            before any model runs; or if `trunk_caches` does not have one entry per order.
+
+    Example:
+
+    ```python
+    per_order = score_over_orders(model, tokenizer, rows["prompt"], rows["candidates"], num_orders=4)
+    scores = per_order.mean(axis=0)  # [N, A_max], in the rows' own candidate order
+    ```
+    """
+    from .orders import in_original_order, reorder_rows
+
+    trunk_caches = [None] * num_orders if trunk_caches is None else list(trunk_caches)
+    if len(trunk_caches) != num_orders:
+        raise ValueError(f"`trunk_caches` has {len(trunk_caches)} entries for {num_orders} orders.")
+    # Every rotation is built before the first forward pass, so that a prompt that cannot be reordered fails at once.
+    rotations = [(list(prompts), [list(c) for c in candidates])]
+    rotations += [reorder_rows(prompts, candidates, o, num_orders) for o in range(1, num_orders)]
+    per_order = [
+        score_candidates(model, tokenizer, rotated_prompts, rotated_candidates, trunk_cache=cache, **kwargs)
+        for (rotated_prompts, rotated_candidates), cache in zip(rotations, trunk_caches)
+    ]
+    return in_original_order(per_order, [len(c) for c in candidates])

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..statistics import bootstrap_ci
 from .config import EvaluationConfig
-from .inference import generate_answers, score_candidates
+from .inference import generate_answers, score_over_orders
 from .metrics import (
     _as_lookup,
     _generation_hits,
@@ -22,7 +22,6 @@ from .metrics import (
     ranking_metrics,
     target_indices,
 )
-from .orders import average_over_orders, reorder_rows
 
 
 def evaluate_recommender(
@@ -130,18 +129,13 @@ def _generation(model, tokenizer, prompts, candidates, targets, lookup, config, 
 
 
 def _ranking(model, tokenizer, prompts, candidates, targets, lookup, config, trunk_cache, return_scores):
-    scores, runtime = _timed(
-        score_candidates, config, _RANKING_SETTINGS, model, tokenizer, prompts, candidates, trunk_cache=trunk_cache
-    )
-    if config.candidate_orders > 1:
-        # The trunk cache holds the prompts as built; a rotated prompt is another token sequence, scored in full.
-        per_order = [scores]
-        for order in range(1, config.candidate_orders):
-            rotated = reorder_rows(prompts, candidates, order, config.candidate_orders)
-            order_scores, seconds = _timed(score_candidates, config, _RANKING_SETTINGS, model, tokenizer, *rotated)
-            per_order.append(order_scores)
-            runtime += seconds
-        scores = average_over_orders(per_order, [len(c) for c in candidates])
+    # The trunk cache holds the prompts as built; a rotated prompt is another token sequence, scored in full.
+    caches = [trunk_cache] + [None] * (config.candidate_orders - 1)
+    per_order, runtime = _timed(
+        score_over_orders, config, _RANKING_SETTINGS, model, tokenizer, prompts, candidates,
+        config.candidate_orders, trunk_caches=caches,
+    )  # fmt: skip
+    scores = per_order.mean(axis=0)
     target_index = target_indices(candidates, targets)
     metrics = ranking_metrics(scores, target_index, lookup, candidates)
     results = _prefixed("ranking", {**metrics, "runtime_s": runtime})
