@@ -154,6 +154,15 @@ class QualityArguments:
             "more ranking pass per cell; generation always uses the prompts as built."
         },
     )
+    extrapolation: float = field(
+        default=1.0,
+        metadata={
+            "help": "Also rank every preference cell by s_sft + extrapolation x (s_cell - s_sft): its update from the "
+            "SFT start (its reference) extrapolated at scoring time, from the saved scores of the same prompts and "
+            "orders (no model runs; `--report_only` applies it to a finished study). 1 = off. Reported beside each "
+            "cell's own scores (`extrapolated` in results.json), never instead of them; choose it on validation."
+        },
+    )
     eval_batch_size: int = field(default=8, metadata={"help": "Prompts per ranking forward pass."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the prompts."})

@@ -182,6 +182,23 @@ def collect(study) -> dict:
             entry["vs_popularity"] = paired_block(ranks[cell], ranks["baseline:popularity"], resamples, seed)
         if cell != "sft" and "sft" in ranks:
             entry["vs_sft"] = paired_block(ranks[cell], ranks["sft"], resamples, seed)
+    if args.extrapolation != 1.0 and "sft" in ranks:
+        sft_scores = np.load(study.cell_dir("sft") / "scores.npy")
+        for cell, entry in by_name.items():
+            if cell == "sft":
+                continue
+            scores = np.load(study.cell_dir(cell) / "scores.npy")
+            extrapolated = target_ranks(sft_scores + args.extrapolation * (scores - sft_scores), target_index)
+            entry["extrapolated"] = {
+                "extrapolation": args.extrapolation,
+                **metric_block(extrapolated, resamples, seed),
+                "vs_sft": paired_block(extrapolated, ranks["sft"], resamples, seed),
+                "vs_cell": paired_block(extrapolated, ranks[cell], resamples, seed),
+            }
+            if "baseline:popularity" in ranks:
+                entry["extrapolated"]["vs_popularity"] = paired_block(
+                    extrapolated, ranks["baseline:popularity"], resamples, seed
+                )
     for cell in by_name:
         loss, k = parse_cell(cell)
         if loss == "dynamicpo" and f"dmpo@{k}" in ranks:
@@ -222,6 +239,14 @@ def markdown_table(results: dict) -> str:
             f"{_fmt_diff(cell.get('vs_popularity'))} | {gen} | {cell['train_rows']} / {cell['steps']} | "
             f"{cell['wall_seconds']:.0f} |"
         )
+        if "extrapolated" in cell:
+            ext = cell["extrapolated"]
+            lines.append(
+                f"| {DISPLAY[cell['loss']]}, extrapolated x{ext['extrapolation']:g} from SFT | "
+                f"{cell['num_negatives']} | {_fmt_ci(ext['hr@1'], ext['hr@1_ci'])} | "
+                f"{_fmt_ci(ext['ndcg@10'], ext['ndcg@10_ci'])} | {_fmt_diff(ext.get('vs_sft'))} | "
+                f"{_fmt_diff(ext.get('vs_popularity'))} | - | - | - |"
+            )
     if results["comparisons"]:
         lines += ["", "| paired difference | HR@1 [95% CI] | NDCG@10 [95% CI] |", "|---|---|---|"]
         for name, block in results["comparisons"].items():

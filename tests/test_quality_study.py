@@ -125,3 +125,21 @@ def test_study_writes_results_and_reruns_only_what_changed(tmp_path, small_smoll
     np.testing.assert_allclose(per_order[0], single, atol=1e-4)
     np.testing.assert_allclose(np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores.npy"), per_order.mean(0))
     assert not np.allclose(per_order[1], single, atol=1e-3)  # the rotated prompts score differently
+
+    # Extrapolation is computed in the report from the saved scores: no cell reruns, and the extrapolated ranking is
+    # that of s_sft + a (s_cell - s_sft) on the same prompts.
+    capsys.readouterr()
+    argv = _argv(tmp_path, small_smollm2, grid=("dmpo@3",), learning_rate=5e-4, candidate_orders=2, extrapolation=3)
+    assert _run([*argv, "--report_only", "true"]) == 0
+    assert _mtimes(tmp_path / "work") == after
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    cell = next(c for c in results["cells"] if c["name"] == "dmpo@3")
+    sft = np.load(tmp_path / "work" / "cells" / "sft" / "scores.npy")
+    own = np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores.npy")
+    expected = ranking_metrics(sft + 3.0 * (own - sft), record["target_index"])
+    assert cell["extrapolated"]["extrapolation"] == 3.0
+    assert cell["extrapolated"]["hr@1"] == pytest.approx(expected["hr@1"])
+    assert cell["extrapolated"]["ndcg@10"] == pytest.approx(expected["ndcg@10"])
+    assert cell["hr@1"] == ranking_metrics(own, record["target_index"])["hr@1"]  # the cell's own entry unchanged
+    assert "extrapolated" not in results["cells"][0]  # SFT is the reference, not extrapolated
+    assert "DMPO, extrapolated x3 from SFT" in (tmp_path / "results" / "table.md").read_text()
