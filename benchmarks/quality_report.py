@@ -148,13 +148,14 @@ def collect(study) -> dict:
         "commit": _commit(),
     }
     results["baselines"] = _baseline_blocks(ranks, args)
+    scores = {}  # per-cell candidate scores, loaded once (the extrapolation below reuses them)
     for cell in ["sft", *args.grid]:
         evaluation = study.evaluated(cell)
         if evaluation is None:
             continue
         trained = study.trained(cell)
-        scores = np.load(study.cell_dir(cell) / "scores.npy")
-        ranks[cell] = target_ranks(scores, target_index)
+        scores[cell] = np.load(study.cell_dir(cell) / "scores.npy")
+        ranks[cell] = target_ranks(scores[cell], target_index)
         loss, k = parse_cell(cell)
         entry = {
             "name": cell,
@@ -183,12 +184,11 @@ def collect(study) -> dict:
         if cell != "sft" and "sft" in ranks:
             entry["vs_sft"] = paired_block(ranks[cell], ranks["sft"], resamples, seed)
     if args.extrapolation != 1.0 and "sft" in ranks:
-        sft_scores = np.load(study.cell_dir("sft") / "scores.npy")
+        sft = scores["sft"]
         for cell, entry in by_name.items():
             if cell == "sft":
                 continue
-            scores = np.load(study.cell_dir(cell) / "scores.npy")
-            extrapolated = target_ranks(sft_scores + args.extrapolation * (scores - sft_scores), target_index)
+            extrapolated = target_ranks(sft + args.extrapolation * (scores[cell] - sft), target_index)
             entry["extrapolated"] = {
                 "extrapolation": args.extrapolation,
                 **metric_block(extrapolated, resamples, seed),

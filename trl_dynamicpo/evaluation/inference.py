@@ -300,7 +300,7 @@ def score_over_orders(
     if len(trunk_caches) != num_orders:
         raise ValueError(f"`trunk_caches` has {len(trunk_caches)} entries for {num_orders} orders.")
     # Every rotation is built before the first forward pass, so that a prompt that cannot be reordered fails at once.
-    rotations = [(list(prompts), [list(c) for c in candidates])]
+    rotations = [(prompts, candidates)]
     rotations += [reorder_rows(prompts, candidates, o, num_orders) for o in range(1, num_orders)]
     per_order = [
         score_candidates(model, tokenizer, rotated_prompts, rotated_candidates, trunk_cache=cache, **kwargs)
