@@ -5,10 +5,13 @@
         --run "2 layers, 1 epoch=outputs/quality/ml100k-cpu-curve/rows-4096:dynamicpo@15" \\
         --run "4 layers=outputs/quality/ml100k-cpu-capacity/layers-4/rows-4096:dynamicpo@15"
 
-Each `--run LABEL=WORK_DIR:CELL` names a cell of a `quality.py` run (its per-prompt ranking scores, `scores.npy`, and
-`eval.json` are in `WORK_DIR/cells/CELL`); the first run is the reference. Every run must have been scored on the same
-prompts (same split, prompt sample and seed: checked), so that each lever's difference to the reference is a *paired*
-bootstrap interval, far tighter than comparing two independent intervals. Writes `levers.json` and `table.md`.
+Each `--run LABEL=DIR:CELL` names a cell of a `quality.py` run: DIR is either the run's `work_dir` (the cell's
+per-prompt ranking scores, `scores.npy`, and `eval.json` are in `DIR/cells/CELL`) or its `output_dir`, whose
+`ranks.json` keeps every cell's per-prompt target ranks (committed with `results.json`, so that a run can be paired
+with one whose work folder is gone). The first run is the reference. Every run must have been scored on the same
+prompts (same split, prompt sample and seed, the same target indices and, when both runs record it, the same
+fingerprint of the prompts: checked), so that each lever's difference to the reference is a *paired* bootstrap
+interval, far tighter than comparing two independent intervals. Writes `levers.json` and `table.md`.
 """
 
 from __future__ import annotations
@@ -35,27 +38,41 @@ METRICS = ("hr@1", "ndcg@10")  # the paired differences to the reference
 
 
 def load_run(spec: str) -> dict:
-    """`LABEL=WORK_DIR:CELL` -> the cell's label, settings, target indices and per-prompt ranks."""
+    """`LABEL=DIR:CELL` -> the cell's label, settings, target indices and per-prompt ranks."""
     label, equals, where = spec.rpartition("=")  # a label may hold "=" (score=mean), a path rarely
-    work_dir, colon, cell = where.rpartition(":")
+    where_dir, colon, cell = where.rpartition(":")
     if not (equals and colon and label and cell):
-        raise SystemExit(f"error: --run {spec!r}: expected LABEL=WORK_DIR:CELL, e.g. '4 layers=outputs/run:dmpo@15'.")
-    folder = Path(work_dir) / "cells" / cell
-    if not (folder / "eval.json").is_file() or not (folder / "scores.npy").is_file():
-        raise SystemExit(f"error: --run {label!r}: {folder} has no eval.json and scores.npy (cell not evaluated).")
-    record = read_json(folder / "eval.json")
-    train = read_json(folder / "train.json") or {}
-    sft = read_json(folder.parent / "sft" / "train.json") or {}
-    target = np.asarray(record["target_index"], dtype=np.int64)
+        raise SystemExit(f"error: --run {spec!r}: expected LABEL=DIR:CELL, e.g. '4 layers=outputs/run:dmpo@15'.")
+    folder = Path(where_dir) / "cells" / cell
+    run = {"label": label, "cell": cell, "work_dir": where_dir, "prompts_sha256": None}
+    if (folder / "eval.json").is_file() and (folder / "scores.npy").is_file():
+        record = read_json(folder / "eval.json")
+        train = read_json(folder / "train.json") or {}
+        sft = read_json(folder.parent / "sft" / "train.json") or {}
+        target = np.asarray(record["target_index"], dtype=np.int64)
+        # sft_settings: rows, layers, LoRA, SFT schedule, what the cell's fingerprint hashes.
+        return {
+            **run,
+            "settings": record["settings"],
+            "train_settings": train.get("settings"),
+            "sft_settings": sft.get("settings"),
+            "target": target,
+            "ranks": target_ranks(np.load(folder / "scores.npy"), target),
+        }
+    report = read_json(Path(where_dir) / "ranks.json")
+    if report is None or "settings" not in report["cells"].get(cell, {}):
+        raise SystemExit(
+            f"error: --run {label!r}: neither {folder} (eval.json and scores.npy) nor {where_dir}/ranks.json has an "
+            f"evaluated cell {cell!r} (cell not evaluated)."
+        )
     return {
-        "label": label,
-        "cell": cell,
-        "work_dir": work_dir,
-        "settings": record["settings"],
-        "train_settings": train.get("settings"),
-        "sft_settings": sft.get("settings"),  # rows, layers, LoRA, SFT schedule: what the cell's fingerprint hashes
-        "target": target,
-        "ranks": target_ranks(np.load(folder / "scores.npy"), target),
+        **run,
+        "settings": report["cells"][cell]["settings"],
+        "train_settings": None,  # a report keeps the study's settings in its results.json, not the cell's fingerprint
+        "sft_settings": None,
+        "target": np.asarray(report["target_index"], dtype=np.int64),
+        "ranks": np.asarray(report["cells"][cell]["ranks"], dtype=np.int64),
+        "prompts_sha256": report["prompts_sha256"],
     }
 
 
@@ -64,8 +81,11 @@ def compare(runs: list[dict], resamples: int, seed: int) -> list[dict]:
     reference = runs[0]
     for run in runs[1:]:
         same = {k: run["settings"][k] == reference["settings"][k] for k in ("split", "num_eval_prompts", "seed")}
-        if not all(same.values()) or not np.array_equal(run["target"], reference["target"]):
-            differs = [k for k, ok in same.items() if not ok] or ["target_index"]
+        same["target_index"] = np.array_equal(run["target"], reference["target"])
+        if run["prompts_sha256"] and reference["prompts_sha256"]:  # runs read from a report's ranks.json
+            same["prompts"] = run["prompts_sha256"] == reference["prompts_sha256"]
+        if not all(same.values()):
+            differs = [k for k, ok in same.items() if not ok]
             raise SystemExit(
                 f"error: run {run['label']!r} was scored on other prompts than {reference['label']!r} "
                 f"({', '.join(differs)} differ): paired differences need the same prompts."
@@ -111,7 +131,10 @@ def table(rows: list[dict], baselines: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--run", action="append", required=True, help="LABEL=WORK_DIR:CELL; the first is the reference."
+        "--run",
+        action="append",
+        required=True,
+        help="LABEL=DIR:CELL (DIR: a work_dir or an output_dir with ranks.json); the first is the reference.",
     )
     parser.add_argument("--output_dir", required=True, help="Where levers.json and table.md go.")
     parser.add_argument("--baselines", help="A results.json on the same prompts whose baselines join the table.")

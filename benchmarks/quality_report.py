@@ -6,6 +6,8 @@ so `python benchmarks/quality.py --config ... --report_only` rebuilds the report
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -46,6 +48,13 @@ def _commit() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def prompts_fingerprint(prompts, candidates, targets) -> str:
+    """SHA-256 of the evaluation rows (prompt, candidate list, target), so that two reports can be told apart or paired
+    even when their split, sample size and seed agree but their data build does not."""
+    text = json.dumps([list(prompts), [list(c) for c in candidates], list(targets)], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def metric_block(ranks: np.ndarray, resamples: int, seed: int) -> dict:
@@ -130,8 +139,10 @@ def update_baselines(study) -> None:
               f"{_fmt_ci(block['ndcg@10'], block['ndcg@10_ci'])}")  # fmt: skip
 
 
-def collect(study) -> dict:
-    """Per-prompt ranks of every evaluated cell and of the baselines, and the results dictionary."""
+def collect(study) -> tuple[dict, dict]:
+    """The results dictionary, and the per-prompt record of `ranks.json`: the target rank of every evaluated cell and
+    baseline on each prompt, with what pairs them (the prompts' fingerprint, target indices, each cell's evaluation
+    settings)."""
     from trl_dynamicpo.evaluation import target_indices, target_ranks
 
     args = study.args
@@ -205,7 +216,21 @@ def collect(study) -> dict:
             results["comparisons"][f"dynamicpo@{k} - dmpo@{k}"] = paired_block(
                 ranks[cell], ranks[f"dmpo@{k}"], resamples, seed
             )
-    return results
+    per_prompt = {
+        "split": args.eval_split,
+        "num_prompts": len(target_index),
+        "seed": seed,
+        "prompts_sha256": prompts_fingerprint(study.eval["prompt"], study.eval["candidates"], study.eval["target"]),
+        "target_index": target_index.tolist(),
+        "cells": {
+            name: {
+                "ranks": r.tolist(),
+                **({"settings": study.evaluated(name)["settings"]} if name in by_name else {}),
+            }
+            for name, r in ranks.items()
+        },
+    }
+    return results, per_prompt
 
 
 def _fmt_ci(value: float, ci) -> str:
@@ -334,7 +359,7 @@ def plot_training_curves(study, path: Path) -> None:
 def write_report(study, timings: dict) -> dict:
     out = Path(study.args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = collect(study)
+    results, per_prompt = collect(study)
     results["timings"] = timings
     cells = {c["name"]: c for c in results["cells"]}
     results["timings"]["cells_total"] = sum(c["wall_seconds"] for c in cells.values())
@@ -342,6 +367,8 @@ def write_report(study, timings: dict) -> dict:
         v for k, v in timings.items() if k.startswith("cache_") or k in ("data", "reference_logps")
     )
     write_json(out / "results.json", results, indent=1)
+    # Committed with results.json (a few kB): later runs pair with these prompts by prompt even once work_dir is gone.
+    write_json(out / "ranks.json", per_prompt, indent=None)
     if results["cells"]:
         plot_hr_vs_k(results, out / "hr_vs_k.png")
         plot_training_curves(study, out / "training_curves.png")

@@ -32,6 +32,21 @@ REFERENCE = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]
 VARIANT = [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
 
 
+def _report(root: Path, cells: dict, target=(0, 0, 0, 0), prompts="a" * 64) -> str:
+    """A study's output folder as the report writes it: `ranks.json` with each cell's per-prompt target ranks."""
+    root.mkdir(parents=True)
+    record = {
+        "split": "validation",
+        "num_prompts": len(target),
+        "seed": 42,
+        "prompts_sha256": prompts,
+        "target_index": list(target),
+        "cells": {name: {"ranks": ranks, "settings": SETTINGS} for name, ranks in cells.items()},
+    }
+    (root / "ranks.json").write_text(json.dumps(record))
+    return str(root)
+
+
 def test_paired_difference_to_the_reference(levers, tmp_path):
     a = _cell(tmp_path / "a", "dmpo@15", REFERENCE)
     b = _cell(tmp_path / "b", "dmpo@15", VARIANT)
@@ -64,7 +79,38 @@ def test_runs_scored_on_other_prompts_are_refused(levers, tmp_path):
 
 
 def test_a_bad_run_spec_or_missing_cell_names_the_run(levers, tmp_path):
-    with pytest.raises(SystemExit, match="expected LABEL=WORK_DIR:CELL"):
+    with pytest.raises(SystemExit, match="expected LABEL=DIR:CELL"):
         levers.main(["--output_dir", str(tmp_path), "--run", "no-cell-given"])
     with pytest.raises(SystemExit, match="'lost'.*cell not evaluated"):
         levers.main(["--output_dir", str(tmp_path), "--run", f"lost={tmp_path}:dmpo@3"])
+
+
+def test_a_report_folder_pairs_like_a_work_folder(levers, tmp_path):
+    # VARIANT's target ranks (candidate 0 is the target): 1, 1, 1, 2. Read from ranks.json they must give the numbers
+    # that the work folder's scores give.
+    a = _cell(tmp_path / "a", "dmpo@15", REFERENCE)
+    b = _cell(tmp_path / "b", "dmpo@15", VARIANT)
+    report = _report(tmp_path / "report", {"dmpo@15": [1, 1, 1, 2], "baseline:random": [2, 2, 1, 1]})
+    for variant, out in ((b, tmp_path / "out-work"), (report, tmp_path / "out-report")):
+        assert (
+            levers.main(["--output_dir", str(out), "--run", f"ref={a}:dmpo@15", "--run", f"v={variant}:dmpo@15"]) == 0
+        )
+    work, read = (
+        json.loads((tmp_path / d / "levers.json").read_text())["runs"][1] for d in ("out-work", "out-report")
+    )
+    for key in ("hr@1", "hr@1_ci", "ndcg@10", "hr@1_minus_reference", "hr@1_minus_reference_ci"):
+        assert read[key] == pytest.approx(work[key]), key
+    assert read["hr@1_minus_reference"] == pytest.approx(0.25)
+
+
+def test_reports_of_other_prompts_or_without_the_cell_are_refused(levers, tmp_path):
+    a = _report(tmp_path / "a", {"sft": [1, 1, 2, 2]})
+    b = _report(tmp_path / "b", {"sft": [1, 1, 1, 2]}, prompts="b" * 64)  # same targets, other prompts
+    with pytest.raises(SystemExit, match="'other' was scored on other prompts than 'ref' \\(prompts differ"):
+        levers.main(["--output_dir", str(tmp_path / "o"), "--run", f"ref={a}:sft", "--run", f"other={b}:sft"])
+    # A baseline's ranks are in ranks.json too, but it is no evaluated cell of the study.
+    c = _report(tmp_path / "c", {"baseline:random": [1, 2, 1, 2]})
+    with pytest.raises(SystemExit, match="'lost'.*ranks.json has an evaluated cell 'dmpo@3'"):
+        levers.main(["--output_dir", str(tmp_path / "o"), "--run", f"lost={c}:dmpo@3"])
+    with pytest.raises(SystemExit, match="'random'.*cell not evaluated"):
+        levers.main(["--output_dir", str(tmp_path / "o"), "--run", f"random={c}:baseline:random"])

@@ -95,6 +95,15 @@ def test_study_writes_results_and_reruns_only_what_changed(tmp_path, small_smoll
     record = json.loads((tmp_path / "work" / "cells" / "dmpo@3" / "eval.json").read_text())
     scores = np.load(tmp_path / "work" / "cells" / "dmpo@3" / "scores.npy")
     assert ranking_metrics(scores, record["target_index"])["hr@1"] == results["cells"][1]["hr@1"]
+    # ranks.json, committed with results.json, keeps each cell's and baseline's per-prompt target ranks.
+    from trl_dynamicpo.evaluation import target_ranks
+
+    per_prompt = json.loads((tmp_path / "results" / "ranks.json").read_text())
+    assert per_prompt["target_index"] == record["target_index"] and per_prompt["num_prompts"] == 8
+    assert per_prompt["cells"]["dmpo@3"]["ranks"] == target_ranks(scores, record["target_index"]).tolist()
+    assert per_prompt["cells"]["dmpo@3"]["settings"] == record["settings"]
+    assert {"baseline:popularity", "baseline:random"} <= set(per_prompt["cells"])
+    assert len(per_prompt["prompts_sha256"]) == 64
     assert (tmp_path / "results" / "hr_vs_k.png").stat().st_size > 10_000
     assert (tmp_path / "results" / "training_curves.png").stat().st_size > 10_000
 
