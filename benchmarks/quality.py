@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from quality_report import parse_cell  # noqa: E402
 
 from trl_dynamicpo import io_utils  # noqa: E402
+from trl_dynamicpo.device import fast_bf16  # noqa: E402
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -108,10 +109,18 @@ class QualityArguments:
         },
     )
     trunk_autocast: str | None = field(
-        default="bfloat16", metadata={"help": "Autocast dtype of the trunk pass ('bfloat16' or None for fp32)."}
+        default="auto",
+        metadata={
+            "help": "Autocast dtype of the trunk pass: 'bfloat16', None (fp32), or 'auto' (bfloat16 where it is fast: "
+            "a GPU with bf16 or an AVX512-BF16/AMX CPU; emulated on other CPUs, it is far slower than fp32)."
+        },
     )
-    bf16: bool = field(
-        default=False, metadata={"help": "bf16 autocast for the layers above the trunk (training and evaluation)."}
+    bf16: bool | None = field(
+        default=False,
+        metadata={
+            "help": "bf16 autocast for the layers above the trunk (training and evaluation); None: where it is fast, "
+            "as trunk_autocast 'auto'."
+        },
     )
     # SFT
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
@@ -188,6 +197,13 @@ class QualityArguments:
             value = getattr(self, f.name)
             if _is_float(hints[f.name]) and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
+        # Resolved before anything is fingerprinted: a cell or cache records the precision that actually ran.
+        if self.trunk_autocast == "auto":
+            self.trunk_autocast = "bfloat16" if fast_bf16() else None
+        if self.trunk_autocast not in (None, "bfloat16"):
+            raise ValueError(f"`trunk_autocast` must be 'bfloat16', 'auto' or None, got {self.trunk_autocast!r}.")
+        if self.bf16 is None:
+            self.bf16 = fast_bf16()
         if self.train_selection not in ("recent", "random"):
             raise ValueError(f"`train_selection` must be 'recent' or 'random', got {self.train_selection!r}.")
         if self.eval_split not in ("test", "validation"):
@@ -313,7 +329,7 @@ class Study:
             self.record_timing(f"cache_{name}" + (f"_order_{order}" if order else ""), seconds)
         return cache
 
-    def candidate_orders(self, model, tokenizer) -> list:
+    def eval_trunk_caches(self, model, tokenizer) -> list:
         """The trunk cache of every candidate order of the evaluation rows (order 0: the rows as built), in the order
         `score_over_orders` takes them."""
         from datasets import Dataset
@@ -616,7 +632,7 @@ class Study:
         if not self.args.report_only:
             model, tokenizer = self.load_base()
             self.train_cache = self.cache("train", self.train, model, tokenizer)
-            self.eval_caches = self.candidate_orders(model, tokenizer)
+            self.eval_caches = self.eval_trunk_caches(model, tokenizer)
             del model
             cells = self.cells()
             todo = [c for c in cells if self.evaluated(c) is None]

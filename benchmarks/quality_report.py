@@ -160,10 +160,12 @@ def collect(study) -> tuple[dict, dict]:
     }
     results["baselines"] = _baseline_blocks(ranks, args)
     scores = {}  # per-cell candidate scores, loaded once (the extrapolation below reuses them)
+    settings = {}  # per-cell evaluation settings, read once with eval.json (ranks.json records them)
     for cell in ["sft", *args.grid]:
         evaluation = study.evaluated(cell)
         if evaluation is None:
             continue
+        settings[cell] = evaluation["settings"]
         trained = study.trained(cell)
         scores[cell] = np.load(study.cell_dir(cell) / "scores.npy")
         ranks[cell] = target_ranks(scores[cell], target_index)
@@ -225,7 +227,7 @@ def collect(study) -> tuple[dict, dict]:
         "cells": {
             name: {
                 "ranks": r.tolist(),
-                **({"settings": study.evaluated(name)["settings"]} if name in by_name else {}),
+                **({"settings": settings[name]} if name in settings else {}),
             }
             for name, r in ranks.items()
         },

@@ -47,7 +47,7 @@ from transformers import HfArgumentParser
 from trl import ModelConfig, SFTConfig
 
 from trl_dynamicpo import DynamicPOConfig
-from trl_dynamicpo.dynamicpo_config import accelerator_support, use_cpu
+from trl_dynamicpo.device import accelerator_support, fast_bf16, use_cpu
 from trl_dynamicpo.evaluation import EvaluationConfig
 
 
@@ -185,14 +185,20 @@ class TrunkCacheArguments:
     autocast_dtype: str | None = field(
         default=None,
         metadata={
-            "help": "Run the trunk under autocast (bfloat16: faster on AVX512-BF16 CPUs).",
-            "choices": ["bfloat16", "float16"],
+            "help": "Run the trunk under autocast: bfloat16 (faster on GPUs and AVX512-BF16/AMX CPUs, far slower on "
+            "other CPUs), float16, or auto (bfloat16 where it is fast, else fp32). null: fp32.",
+            "choices": ["bfloat16", "float16", "auto"],
         },
     )
     storage_dtype: str = field(
         default="float32", metadata={"help": "Dtype of the stored states.", "choices": ["float32", "bfloat16"]}
     )
     batch_size: int = field(default=4, metadata={"help": "Rows per trunk forward pass."})
+
+    def __post_init__(self):
+        # Resolved here, so that the cache's fingerprint and the run summary record the dtype that actually ran.
+        if self.autocast_dtype == "auto":
+            self.autocast_dtype = "bfloat16" if fast_bf16() else None
 
 
 @dataclass
@@ -204,10 +210,21 @@ class EvaluationArguments(EvaluationConfig):
         default_factory=lambda: ["sft", "final"],
         metadata={"help": "Models to evaluate.", "choices": list(MODELS_TO_EVALUATE)},
     )
-    bf16: bool = field(default=False, metadata={"help": "Evaluate under bf16 autocast (scores move by ~0.1 nat)."})
+    bf16: bool | None = field(
+        default=False,
+        metadata={
+            "help": "Evaluate under bf16 autocast (scores move by ~0.1 nat); null: where it is fast (a GPU with bf16, "
+            "an AVX512-BF16/AMX CPU)."
+        },
+    )
     bootstrap_resamples: int = field(
         default=1000, metadata={"help": "Bootstrap resamples of the HR@1 and NDCG@10 intervals (0: none)."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.bf16 is None:
+            self.bf16 = fast_bf16()
 
 
 @dataclass
@@ -427,17 +444,18 @@ def validate_recipe(recipe: RecipeArguments, origin: str) -> None:
 def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):
     """The `SFTConfig` (stage `"sft"`) or `DynamicPOConfig` (`"preference"`) of the section, plus what the recipe sets.
 
-    `bf16` and activation checkpointing default to on only with a GPU that has them. With `trunk_cache.enabled` both
+    `bf16` defaults to on only where it is fast ([`trl_dynamicpo.device.fast_bf16`]: a GPU with bf16, or a CPU with
+    AVX512-BF16/AMX), activation checkpointing only with a GPU. With `trunk_cache.enabled` both
     stages get a `DynamicPOConfig` reading `<output_dir>/trunk_cache/train`, SFT as `loss_type=["sft"]` (the chosen
     answer's token-mean NLL, the same loss as SFTTrainer's completion-only loss).
     """
-    has_gpu, has_bf16 = accelerator_support()
+    has_gpu, _ = accelerator_support()
     values = dict(recipe.raw.get(stage) or {})
     checkpointing = values.pop("gradient_checkpointing", None)  # transformers 5 renamed it (the old name warns)
     if values.get("activation_checkpointing") is None:
         values["activation_checkpointing"] = has_gpu if checkpointing is None else checkpointing
     if values.get("bf16") is None:
-        values["bf16"] = has_bf16
+        values["bf16"] = fast_bf16()
     values.update(output_dir=output_dir, seed=recipe.seed, use_cpu=use_cpu())
     if stage == "sft" and not recipe.trunk_cache.enabled:
         # Rows are tokenized by the recipe (trl_dynamicpo.sft_data) with `labels` -100 on the prompt.

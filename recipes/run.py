@@ -62,7 +62,7 @@ from recipes.recipe_config import (  # noqa: E402
 from recipes.stage_folders import ForeignFilesError, StageFolder, StageRecord  # noqa: E402
 from recipes.stages import EVALUATED_STAGES, StageWork  # noqa: E402
 from trl_dynamicpo.checkpoints import find_resume_checkpoint, set_aside  # noqa: E402
-from trl_dynamicpo.dynamicpo_config import use_cpu  # noqa: E402
+from trl_dynamicpo.device import use_cpu  # noqa: E402
 from trl_dynamicpo.evaluation import format_comparison_table, format_value  # noqa: E402
 from trl_dynamicpo.io_utils import read_json, write_json  # noqa: E402
 

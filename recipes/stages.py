@@ -15,6 +15,7 @@ from typing import Any
 from recipes.recipe_config import training_arguments
 from recipes.stage_folders import StageRecord
 from trl_dynamicpo.checkpoints import CompleteCheckpointCallback
+from trl_dynamicpo.device import warn_if_slow_bf16
 from trl_dynamicpo.evaluation import format_comparison_table, format_results_table, save_results
 from trl_dynamicpo.io_utils import jsonable, read_json, write_json
 
@@ -270,6 +271,8 @@ class StageWork:
             count = config.max_samples_for("ranking") or len(test)
             rows = test.select(range(min(count, len(test))))
             cache = self.trunk_cache("test", rows, model, tokenizer, max_prompt_length=config.max_prompt_length)
+        if cfg.bf16 and self.state.device.type == "cpu":
+            warn_if_slow_bf16("'evaluation.bf16: true'")
         bf16 = torch.autocast(self.state.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
         with bf16:
             return evaluate_recommender(model, tokenizer, test, config, item_table=items, trunk_cache=cache)

@@ -279,3 +279,36 @@ def test_meta_records_fingerprints(tokenizer, tmp_path):
     meta = json.loads((tmp_path / "c" / "trunk_cache.json").read_text())
     assert meta["complete"] and meta["first_layer"] == 3 and meta["num_rows"] == 3
     assert len(meta["fingerprint"]) == 64 and len(meta["rows_fingerprint"]) == 64
+
+
+def test_auto_autocast_records_the_precision_that_ran_and_emulated_bf16_warns(tokenizer, tmp_path, monkeypatch):
+    from trl_dynamicpo import device, trunk_cache
+
+    model = _model(tokenizer)
+    for fast, expected in ((False, None), (True, "bfloat16")):
+        monkeypatch.setattr(trunk_cache, "fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda fast=fast: fast)
+        cache = TrunkCache.build(
+            model,
+            tokenizer,
+            ROWS,
+            tmp_path / f"auto-{fast}",
+            num_trainable_layers=2,
+            autocast_dtype="auto",
+            show_progress=False,
+        )
+        meta = json.loads((tmp_path / f"auto-{fast}" / trunk_cache.META_FILE).read_text())
+        assert meta["autocast_dtype"] == expected
+        assert len(cache) == len(ROWS)
+    # Asked for explicitly on a CPU that would emulate it: built as asked, with a warning that says why it is slow.
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bf16"):
+        TrunkCache.build(
+            model,
+            tokenizer,
+            ROWS,
+            tmp_path / "bf16",
+            num_trainable_layers=2,
+            autocast_dtype="bfloat16",
+            show_progress=False,
+        )

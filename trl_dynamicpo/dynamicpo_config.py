@@ -1,12 +1,11 @@
 """Configuration of [`DynamicPOTrainer`]: TRL's `DPOConfig` plus the multi-negative fields."""
 
 import math
-import os
 from dataclasses import dataclass, field
 
-import torch
 from trl import DPOConfig
 
+from .device import use_cpu, warn_if_slow_bf16
 from .losses import LOSS_ALIASES, LOSS_TYPES, resolve_loss_type
 from .napo import SELECTIONS
 from .packing import LAYOUTS
@@ -22,8 +21,9 @@ class DynamicPOConfig(DPOConfig):
     Negative Selection and Dual-Margin Dynamic β as plug-ins on them.
 
     Defaults that differ from `DPOConfig`: `loss_type=["dynamicpo"]`, `beta=1.0` and `learning_rate=1e-5` (the
-    values of the S-DPO and DynamicPO papers), and `bf16` defaults to `False` when no GPU is available (bf16 on CPU is
-    slow and moves log-probs by up to 0.3 nats); with no accelerator `use_cpu` is set, so that processes started by
+    values of the S-DPO and DynamicPO papers), and `bf16` defaults to `False` when no GPU is available (bf16 on CPU
+    moves log-probs by up to 0.3 nats, and is far slower than fp32 on CPUs without AVX512-BF16 or AMX: `bf16=True`
+    there warns); with no accelerator `use_cpu` is set, so that processes started by
     torchrun join a CPU process group.
 
     Parameters:
@@ -206,6 +206,8 @@ class DynamicPOConfig(DPOConfig):
         if use_cpu():
             if self.bf16 is None and not self.fp16:
                 self.bf16 = False
+            if self.bf16:
+                warn_if_slow_bf16("DynamicPOConfig(bf16=True)", stacklevel=4)  # past the dataclass __init__
             # With no accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) must join a CPU
             # (gloo) process group; without `use_cpu` they would each train alone.
             self.use_cpu = True
@@ -296,29 +298,3 @@ class DynamicPOConfig(DPOConfig):
                 beta_margin=self.beta_margin,
             )
         return params
-
-
-def accelerator_support() -> tuple[bool, bool]:
-    """(a GPU-like accelerator is available, it supports bf16): the device policy of this library's configs.
-
-    [`DynamicPOConfig`] and the recipes read it: without an accelerator `bf16` defaults to off (bf16 on CPU is slow
-    and moves log-probs by up to 0.3 nats) and training runs on CPU ([`use_cpu`]); the recipes also turn activation
-    checkpointing on by default only with an accelerator.
-    """
-    if torch.cuda.is_available():
-        return True, torch.cuda.is_bf16_supported()
-    xpu = bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
-    return xpu, xpu
-
-
-def use_cpu() -> bool:
-    """Train on CPU: `ACCELERATE_USE_CPU` is set (`accelerate launch --cpu`) or there is no GPU-like device (CUDA,
-    XPU or MPS).
-
-    Processes started by `torchrun` / `accelerate launch --multi_gpu` on a machine without GPU must build their
-    `PartialState` with `cpu=True` to form a gloo process group; otherwise each would train on the whole dataset.
-    """
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
-        return True
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return not (accelerator_support()[0] or mps)

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import fast_bf16, warn_if_slow_bf16
 from .io_utils import write_json
 from .model_utils import (
     decoder_of,
@@ -374,7 +375,8 @@ class TrunkCache:
             separator (`str`, defaults to `" "`): Between prompt and answer, as `DynamicPOConfig.completion_separator`.
             max_prompt_length (`int`, *optional*): Keep the end of longer prompts, as the evaluation does.
             autocast_dtype (`str`, *optional*): `"bfloat16"` runs the trunk under CPU/GPU autocast (about 1.7x faster
-                on a CPU with AVX512-BF16). The states stay float32 (the residual stream); every model of a study sees
+                on a CPU with AVX512-BF16; far slower on one without native bf16, where it warns); `"auto"`:
+                bfloat16 where it is fast (`trl_dynamicpo.device.fast_bf16`), else fp32. The states stay float32 (the residual stream); every model of a study sees
                 the same states, so policy and reference share any rounding.
             storage_dtype (`str`, defaults to `"float32"`): `"bfloat16"` halves the disk size (rounds the states).
             chunk_rows (`int`, defaults to `64`): Rows written per chunk (the unit of resumption).
@@ -389,8 +391,12 @@ class TrunkCache:
 
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"`storage_dtype` must be one of {STORAGE_DTYPES}, got {storage_dtype!r}.")
+        if autocast_dtype == "auto":  # resolved before the settings are recorded: the cache names what ran
+            autocast_dtype = "bfloat16" if fast_bf16() else None
         if autocast_dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"`autocast_dtype` must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}.")
+            raise ValueError(
+                f"`autocast_dtype` must be None, 'bfloat16', 'float16' or 'auto', got {autocast_dtype!r}."
+            )
         first_layer = first_trainable_layer(model, num_trainable_layers)
         rows = _as_rows(dataset)
         tokenized = []
@@ -455,6 +461,8 @@ class TrunkCache:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        if autocast_dtype == "bfloat16" and device.type == "cpu" and start < len(tokenized):
+            warn_if_slow_bf16("TrunkCache.build(autocast_dtype='bfloat16')")
         autocast = (
             torch.autocast(device.type, dtype=getattr(torch, autocast_dtype))
             if autocast_dtype in ("bfloat16", "float16")

@@ -9,10 +9,20 @@ and the template stay those of the protocol, only their order in the prompt chan
 
 The orders are evenly spaced cyclic shifts: order `o` of a row with `n` candidates lists candidate
 `(j + o * n // num_orders) % n` at place `j`, so order 0 is the row as built and, with 4 orders of 20 candidates,
-every candidate is seen at 4 places 5 apart. Everything here is pure (strings and arrays); building a trunk cache or
-running a model per order is the caller's.
+every candidate is seen at 4 places 5 apart. Everything here is pure (strings and arrays); running a model per order
+is `score_over_orders`' (`trl_dynamicpo.evaluation.inference`), which rotates, scores (over a trunk cache per order
+if given) and maps the scores back with these functions.
 
-Example:
+Example (the scores of every candidate averaged over 4 orders, in the rows' own candidate order):
+
+```python
+from trl_dynamicpo.evaluation import score_over_orders
+
+per_order = score_over_orders(model, tokenizer, rows["prompt"], rows["candidates"], num_orders=4)  # [4, P, N]
+scores = per_order.mean(axis=0)
+```
+
+By hand, with the pure functions of this module:
 
 ```python
 from trl_dynamicpo.evaluation.orders import average_over_orders, reorder_rows
@@ -21,7 +31,7 @@ orders = []
 for o in range(4):
     prompts, candidates = reorder_rows(rows["prompt"], rows["candidates"], order=o, num_orders=4)
     orders.append(score_candidates(model, tokenizer, prompts, candidates))
-scores = average_over_orders(orders, [len(c) for c in rows["candidates"]])  # in the rows' own candidate order
+scores = average_over_orders(orders, [len(c) for c in rows["candidates"]])
 ```
 """
 
