@@ -37,9 +37,13 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
     ],
 )
 def test_fast_bf16(monkeypatch, gpu, gpu_bf16, cpu_bf16, expected):
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.setattr(device, "accelerator_support", lambda: (gpu, gpu_bf16))
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: cpu_bf16)
     assert device.fast_bf16() is expected
+    # `accelerate launch --cpu` on a GPU machine: training runs on the CPU, so the CPU decides.
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    assert device.fast_bf16() is cpu_bf16
 
 
 def _config(tmp_path, **kwargs):

@@ -41,8 +41,10 @@ def fast_bf16() -> bool:
     """Whether bf16 autocast speeds up this machine's training device: a GPU-like accelerator with bf16, or, with
     none, a CPU with native bf16 ([`cpu_has_native_bf16`]). What `bf16: null` (recipes) and `"auto"` (trunk cache,
     quality study) resolve to."""
+    if use_cpu():  # no accelerator, or `accelerate launch --cpu` on a machine that has one
+        return cpu_has_native_bf16()
     has_gpu, has_bf16 = accelerator_support()
-    return has_bf16 if has_gpu else cpu_has_native_bf16()
+    return has_gpu and has_bf16  # MPS: bf16 autocast support varies by macOS version; fp32
 
 
 def warn_if_slow_bf16(what: str, stacklevel: int = 3) -> None:
@@ -51,8 +53,8 @@ def warn_if_slow_bf16(what: str, stacklevel: int = 3) -> None:
     if use_cpu() and not cpu_has_native_bf16():
         warnings.warn(
             f"{what} asks for bf16 autocast on a CPU without native bf16 (no AVX512-BF16 or AMX): PyTorch emulates "
-            "it, much slower than fp32 (5.8x on a SmolLM2 trunk pass of an AVX2 CPU). Turn it off, or leave it to 'auto' "
-            "(recipes: `bf16: null`, `trunk_cache.autocast_dtype: auto`), to run in fp32 here.",
+            "it, much slower than fp32 (5.8x on a SmolLM2 trunk pass of an AVX2 CPU). Turn it off, or leave it to "
+            "'auto' (recipes: `bf16: null`, `trunk_cache.autocast_dtype: auto`), to run in fp32 here.",
             stacklevel=stacklevel,
         )
 

@@ -23,8 +23,8 @@ class DynamicPOConfig(DPOConfig):
     Defaults that differ from `DPOConfig`: `loss_type=["dynamicpo"]`, `beta=1.0` and `learning_rate=1e-5` (the
     values of the S-DPO and DynamicPO papers), and `bf16` defaults to `False` when no GPU is available (bf16 on CPU
     moves log-probs by up to 0.3 nats, and is far slower than fp32 on CPUs without AVX512-BF16 or AMX: `bf16=True`
-    there warns); with no accelerator `use_cpu` is set, so that processes started by
-    torchrun join a CPU process group.
+    there warns); with no accelerator `use_cpu` is set, so that processes started by torchrun join a CPU process
+    group.
 
     Parameters:
         loss_type (`list[str]`, *optional*, defaults to `["dynamicpo"]`):
