@@ -75,6 +75,21 @@ class DynamicPOConfig(DPOConfig):
             Folder of a [`~trl_dynamicpo.trunk_cache.TrunkCache`] built from `train_dataset` (same rows, same order):
             the frozen layers below the adapter are not run again; only the adapted top layers run per step. Needs
             the packed layout and an adapter on the cache's `trainable_layers` only.
+        item_embeddings (`str`, *optional*):
+            Hybrid item tokens ([`~trl_dynamicpo.item_tokens`]): a dataset folder (or file) with the teacher's
+            `item_embeddings.parquet`. Every prompt line that is an item title gets an item token whose hidden state
+            receives the projected teacher embedding. A model without a projector gets a fresh one.
+        item_token (`str`, *optional*):
+            The marker token (default: a reserved special token of the tokenizer, `<empty_output>` for SmolLM2).
+        item_features (`str`, *optional*, defaults to `"item"`):
+            `"item"` (the item's embedding) or `"item+state"` (also its product with the row's teacher state).
+        item_token_layer (`str` or `int`, *optional*, defaults to `"trunk"`):
+            Where the vectors are added: `"trunk"` (input of the lowest trainable layer: exact with `trunk_cache`),
+            `"input"` (the input embeddings, LLaRA's way) or a layer index.
+        item_projector_hidden (`int`, *optional*):
+            Hidden width of the projector MLP (default: the LM's hidden size).
+        item_feature_dropout (`float`, *optional*, defaults to `0.0`):
+            Dropout on the teacher's vectors while training.
     """
 
     _VALID_DICT_FIELDS = DPOConfig._VALID_DICT_FIELDS
@@ -202,6 +217,39 @@ class DynamicPOConfig(DPOConfig):
         },
     )
 
+    item_embeddings: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hybrid item tokens: a dataset folder (or file) with the teacher's item_embeddings.parquet. Every "
+            "prompt line that is an item title gets an item token carrying the projected teacher embedding."
+        },
+    )
+    item_token: str | None = field(
+        default=None,
+        metadata={"help": "Marker token of item positions (default: a reserved special token of the tokenizer)."},
+    )
+    item_features: str = field(
+        default="item",
+        metadata={
+            "help": "Item-token vectors: 'item' (teacher item embedding) or 'item+state' (also its elementwise "
+            "product with the row's teacher sequence state).",
+            "choices": ["item", "item+state"],
+        },
+    )
+    item_token_layer: str = field(
+        default="trunk",
+        metadata={
+            "help": "Where item vectors are added: 'trunk' (input of the lowest trainable layer, exact with "
+            "trunk_cache), 'input' (the input embeddings) or a layer index."
+        },
+    )
+    item_projector_hidden: int | None = field(
+        default=None, metadata={"help": "Hidden width of the item projector MLP (default: the LM's hidden size)."}
+    )
+    item_feature_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the teacher's vectors while training (0 = off)."}
+    )
+
     def __post_init__(self):
         if use_cpu():
             if self.bf16 is None and not self.fp16:
@@ -237,6 +285,16 @@ class DynamicPOConfig(DPOConfig):
                     "`trunk_cache` cannot be combined with `in_batch_negatives`: answers shared from other rows are "
                     "not in this row's cached states."
                 )
+        if self.item_features not in ("item", "item+state"):
+            raise ValueError(f"`item_features` must be 'item' or 'item+state', got {self.item_features!r}.")
+        if isinstance(self.item_token_layer, str) and self.item_token_layer.lstrip("-").isdigit():
+            self.item_token_layer = int(self.item_token_layer)  # from the command line
+        if self.item_token_layer not in ("trunk", "input") and not isinstance(self.item_token_layer, int):
+            raise ValueError(
+                f"`item_token_layer` must be 'trunk', 'input' or a layer index, got {self.item_token_layer!r}."
+            )
+        if not 0.0 <= self.item_feature_dropout < 1.0:
+            raise ValueError(f"`item_feature_dropout` must lie in [0, 1), got {self.item_feature_dropout}.")
         # Numbers that would train silently wrong (a negative β trains backwards while `rewards/accuracies` reads 1.0;
         # NaN turns the weights to NaN; an EMA decay >= 1 lets NAPO's margin drift): refuse them here, by name.
         if not (math.isfinite(self.beta) and self.beta > 0):

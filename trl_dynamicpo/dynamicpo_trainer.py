@@ -22,6 +22,18 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 
 from .data import check_columns, numbered_rejected_columns, tokenize_rows
 from .dynamicpo_config import DynamicPOConfig
+from .item_tokens import (
+    ItemEmbeddingTable,
+    ItemTokenProjector,
+    ItemTokens,
+    attach_item_tokens,
+    default_item_token,
+    feature_dim,
+    get_item_tokens,
+    item_token_id,
+    lowest_trainable_layer,
+    save_item_tokens,
+)
 from .losses import LOSS_SPECS, compute_multi_negative_loss, napo_margin, resolve_loss_type, sft_loss
 from .model_card import CITATIONS
 from .napo import NapoMarginState, share_in_batch_negatives
@@ -48,13 +60,14 @@ _SIGNATURE_COLUMNS = [
     "embedding",
     "trunk_row",
     "trunk_answers",
+    "item_titles",
 ]
 NAPO_STATE_FILE = "napo_state.json"
 # Counters of this trainer that `TrainerState` does not hold, saved with each checkpoint so that a resumed run continues
 # them (today: the cumulative `num_tokens` metric).
 TRAINER_STATE_FILE = "dynamicpo_state.json"
 # Optional input columns carried through tokenization unchanged.
-_PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding", "ref_chosen_logps", "ref_rejected_logps")
+_PASSTHROUGH_COLUMNS = ("rejected_scores", "embedding", "ref_chosen_logps", "ref_rejected_logps", "item_titles")
 
 
 class _NegativeResamplingCallback(TrainerCallback):
@@ -171,6 +184,8 @@ class DynamicPOTrainer(DPOTrainer):
                 )
             if not isinstance(model, str):
                 self.trunk_cache.check_model(model)  # before any dataset or reference work is done
+        # Hybrid item tokens: attached before `DPOTrainer.__init__`, which may precompute reference log-probs with them.
+        self.item_tokens = self._setup_item_tokens(model, args, processing_class, peft_config)
         if data_collator is None:
             data_collator = DataCollatorForMultiNegativePreference(
                 pad_token_id=processing_class.pad_token_id,
@@ -181,6 +196,7 @@ class DynamicPOTrainer(DPOTrainer):
                 # In-batch sharing needs the token ids across processes before packing (done in `_compute_loss`).
                 defer_packing=args.in_batch_negatives,
                 trunk_cache=self.trunk_cache,
+                item_tokens=self.item_tokens,
             )
         self._napo_state = NapoMarginState(decay=args.napo_ema_decay)
         if (
@@ -213,6 +229,9 @@ class DynamicPOTrainer(DPOTrainer):
         )
         if isinstance(self.data_collator, DataCollatorForMultiNegativePreference):
             self.add_callback(_NegativeResamplingCallback(self.data_collator))
+        projector = get_item_tokens(self.model)
+        if projector is not None:
+            projector.requires_grad_(True)  # PEFT froze every parameter outside its adapters
         if self.trunk_cache is not None:
             check_trainable_parameters(self.model, self.trunk_cache.first_layer)
             if isinstance(model, str):
@@ -224,6 +243,11 @@ class DynamicPOTrainer(DPOTrainer):
         if "prompt_ids" in column_names and "rejected_ids" in column_names:
             return dataset  # already tokenized (idempotent, as TRL)
         check_columns(column_names)
+        item_tokens = getattr(self, "item_tokens", None)
+        if item_tokens is not None and "item_titles" not in column_names:
+            desc = {"desc": f"Marking item tokens in {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
+            dataset = dataset.map(_mark_row, fn_kwargs={"item_tokens": item_tokens}, **desc)
+            column_names = dataset.column_names or list(next(iter(dataset)).keys())
         remove = [name for name in column_names if name not in _PASSTHROUGH_COLUMNS]
         map_kwargs = {}
         if isinstance(dataset, Dataset):
@@ -254,11 +278,91 @@ class DynamicPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ reference log-probs
     def _reference_context(self):
+        stack = contextlib.ExitStack()
+        projector = get_item_tokens(self.model)
+        if projector is not None:
+            stack.enter_context(projector.reference())  # the item projector as it was when training started
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
             # A PeftModel trained before (e.g. the SFT adapter) gets a frozen copy named "ref" from DPOTrainer.
-            return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        return contextlib.nullcontext()
+            stack.enter_context(use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None))
+        return stack
+
+    # ------------------------------------------------------------------ hybrid item tokens
+    def _setup_item_tokens(self, model, args: DynamicPOConfig, tokenizer, peft_config) -> ItemTokens | None:
+        """Attach (or check) the item-token projector and return the data side that marks rows, or None."""
+        if args.item_embeddings is None:
+            if not isinstance(model, str) and get_item_tokens(model) is not None:
+                raise ValueError(
+                    "The model has an item-token projector (hybrid item tokens) but `item_embeddings` is not set: "
+                    "pass the dataset folder with the teacher's item_embeddings.parquet."
+                )
+            return None
+        if isinstance(model, str):
+            raise ValueError("`item_embeddings` needs the model as an instance (load it first), not a name.")
+        table = ItemEmbeddingTable.from_folder(args.item_embeddings)
+        projector = get_item_tokens(model)
+        if projector is None:
+            token = args.item_token or default_item_token(tokenizer)
+            if args.item_token_layer == "input":
+                layer = 0
+            elif args.item_token_layer == "trunk":
+                if self.trunk_cache is not None:
+                    layer = self.trunk_cache.first_layer
+                else:
+                    layer = lowest_trainable_layer(model, peft_config)
+            else:
+                layer = int(args.item_token_layer)
+            hidden = unwrap_causal_lm_config(model).hidden_size
+            projector = attach_item_tokens(
+                model,
+                ItemTokenProjector(
+                    feature_dim(table.dim, args.item_features),
+                    hidden,
+                    item_token_id(tokenizer, token),
+                    layer,
+                    item_token=token,
+                    features=args.item_features,
+                    projector_hidden=args.item_projector_hidden,
+                    feature_dropout=args.item_feature_dropout,
+                    table_source=str(args.item_embeddings),
+                ),
+            )
+        elif projector.config["in_dim"] != feature_dim(table.dim, projector.config["features"]):
+            raise ValueError(
+                f"The model's item projector takes {projector.config['in_dim']} features, but the item table in "
+                f"{args.item_embeddings} gives {feature_dim(table.dim, projector.config['features'])}: use the table "
+                "it was trained with."
+            )
+        if self.trunk_cache is not None and projector.layer < self.trunk_cache.first_layer:
+            raise ValueError(
+                f"Item tokens are added at layer {projector.layer}, inside the frozen trunk that the trunk cache "
+                f"replaces (layers 0-{self.trunk_cache.first_layer - 1}): use item_token_layer='trunk' with a cache."
+            )
+        if not args.precompute_ref_log_probs:
+            projector.snapshot_reference()
+        return ItemTokens(table, projector.config["item_token"], projector.config["features"], projector.item_token_id)
+
+    def training_step(self, *args, **kwargs):
+        try:
+            return super().training_step(*args, **kwargs)
+        finally:
+            projector = get_item_tokens(self.model)
+            if projector is not None:
+                projector._pending = None  # kept through backward for gradient checkpointing's recomputation
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            save_item_tokens(self.model, output_dir if output_dir is not None else self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        projector = get_item_tokens(model if model is not None else self.model)
+        if projector is not None:
+            saved = load_item_tokens_state(resume_from_checkpoint)
+            if saved is not None:
+                projector.net.load_state_dict(saved)
 
     def compute_ref_log_probs(self, model, inputs) -> torch.Tensor:
         """Reference log-probs `[B, 1 + K]` of a collated batch (answer 0 is the chosen one)."""
@@ -587,6 +691,27 @@ def _locate_in_trunk_cache(row: dict[str, Any], cache: TrunkCache) -> dict[str, 
     answers = [row["chosen_ids"], *row["rejected_ids"]]
     fields = ["chosen", *(f"rejected[{k}]" for k in range(len(row["rejected_ids"])))]
     return {"trunk_row": index, "trunk_answers": cache.locate(index, row["prompt_ids"], answers, fields)}
+
+
+def _mark_row(row: dict[str, Any], item_tokens: ItemTokens) -> dict[str, Any]:
+    """`Dataset.map` function: the prompt with an item token after each title line, and the marked titles."""
+    prompt, titles = item_tokens.mark([row["prompt"]])
+    return {"prompt": prompt[0], "item_titles": titles[0]}
+
+
+def unwrap_causal_lm_config(model):
+    from .model_utils import unwrap_causal_lm
+
+    return unwrap_causal_lm(model).config.get_text_config()
+
+
+def load_item_tokens_state(folder) -> dict | None:
+    from safetensors.torch import load_file
+
+    from .item_tokens import WEIGHTS_FILE
+
+    path = Path(folder) / WEIGHTS_FILE
+    return load_file(str(path)) if path.is_file() else None
 
 
 def _progress(iterable, desc):

@@ -261,6 +261,8 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
     >>> logps = answer_logps(model, pack_answers(prompt_ids, answer_ids, tokenizer.pad_token_id))  # doctest: +SKIP
     ```
     """
+    from .item_tokens import injecting
+
     ensure_fused_lm_head(model)
     answer_mask = batch["answer_mask"]
     num_rows, num_answers = answer_mask.shape
@@ -278,13 +280,14 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
             inputs = {"inputs_embeds": batch["inputs_embeds"], "trunk_first_layer": batch["trunk_first_layer"]}
         else:
             inputs = {"input_ids": batch["input_ids"]}
-        outputs = model(
-            **inputs,
-            attention_mask=mask,
-            position_ids=batch["position_ids"],
-            labels=labels,
-            answer_lm_head=True,
-        )
+        with injecting(model, batch):  # hybrid item tokens, when the batch carries item vectors
+            outputs = model(
+                **inputs,
+                attention_mask=mask,
+                position_ids=batch["position_ids"],
+                labels=labels,
+                answer_lm_head=True,
+            )
         per_token = outputs[:, -(labels.size(1) - 1) :]
         scored = labels[:, 1:] != -100
         # Answer index of each scored token (its segment id minus one), into a flat [B * A] index.
@@ -297,12 +300,13 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
             0, flat.reshape(-1), scored.reshape(-1).long()
         )
     else:
-        outputs = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=labels,
-            answer_lm_head=True,
-        )
+        with injecting(model, batch, sequence_rows=batch["sequence_index"] // num_answers):
+            outputs = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=labels,
+                answer_lm_head=True,
+            )
         per_token = outputs[:, -(labels.size(1) - 1) :]
         scored = labels[:, 1:] != -100
         per_sequence = torch.where(scored, per_token, torch.zeros_like(per_token)).sum(dim=1)
@@ -370,6 +374,9 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
         trunk_cache ([`~trl_dynamicpo.trunk_cache.TrunkCache`], *optional*):
             Build batches from cached trunk states ([`TrunkCache.batch`]); rows then carry `trunk_row` and
             `trunk_answers` (cached answer index of the chosen answer, then of each negative).
+        item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*):
+            Hybrid item tokens: rows carry `item_titles` (their marked titles) and the batch gets `item_features`
+            `[B, M, F]` and `item_mask` `[B, M]`, aligned with the item tokens left in `prompt_ids`.
 
     Returns a batch from [`pack_answers`] plus `negative_mask` (`[B, K]`), `row_index`, and when present in the rows
     `ref_logps` (`[B, 1 + K]`, from precomputed `ref_chosen_logps`/`ref_rejected_logps`), `rejected_scores` (`[B, K]`)
@@ -392,6 +399,7 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
     pad_to_multiple_of: int | None = None
     defer_packing: bool = False
     trunk_cache: Any = None
+    item_tokens: Any = None
     return_tensors: str = "pt"
     epoch: int = field(default=0, repr=False)
 
@@ -440,4 +448,6 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
             batch["rejected_scores"] = scores
         if examples[0].get("embedding") is not None:
             batch["embedding"] = torch.tensor([ex["embedding"] for ex in examples], dtype=torch.float32)
+        if self.item_tokens is not None:
+            batch["item_features"], batch["item_mask"] = self.item_tokens.batch_features(examples)
         return batch

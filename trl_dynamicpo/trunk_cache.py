@@ -113,6 +113,8 @@ def check_trainable_parameters(model, first_layer: int) -> None:
             continue
         if match is None and re.search(r"(?:^|\.)norm\.weight$", name):
             continue  # the final norm sits above the trunk
+        if match is None and "item_token_projector." in name:
+            continue  # hybrid item tokens: added at the first trainable layer's input, above the trunk
         bad.append(name)
     if bad:
         raise TrunkCacheMismatchError(
@@ -356,6 +358,7 @@ class TrunkCache:
         chunk_rows: int = 64,
         verify: bool = True,
         show_progress: bool = True,
+        item_tokens=None,
     ) -> TrunkCache:
         """Run the trunk once over every row (prompt + all its answers, packed) and store the states on disk.
 
@@ -382,6 +385,9 @@ class TrunkCache:
             chunk_rows (`int`, defaults to `64`): Rows written per chunk (the unit of resumption).
             verify (`bool`, defaults to `True`): Check the first row against the full forward pass.
             show_progress (`bool`, defaults to `True`): Show a tqdm bar.
+            item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*): Hybrid item tokens: the prompts are
+                cached with their item tokens (marked as the trainer and the evaluation mark them). The vectors are
+                added above the trunk, so the cached states do not depend on them.
 
         Returns:
             [`TrunkCache`].
@@ -403,6 +409,8 @@ class TrunkCache:
         for index, row in enumerate(rows):
             if row.get("prompt") is None or not isinstance(row["prompt"], str):
                 raise ValueError(f"Row {index}, field `prompt`: the trunk cache needs a plain-text prompt.")
+            if item_tokens is not None:
+                row = {**row, "prompt": item_tokens.mark([row["prompt"]])[0][0]}
             answers = _row_answers(row, answers_column)
             if not answers or any(not isinstance(a, str) or not a for a in answers):
                 raise ValueError(f"Row {index}, field `{answers_column or 'candidates'}`: needs non-empty titles.")

@@ -173,6 +173,8 @@ def score_candidates(
     add_eos: bool = True,
     show_progress: bool = True,
     trunk_cache=None,
+    item_tokens=None,
+    user_states: Sequence[Sequence[float]] | None = None,
 ) -> np.ndarray:
     """Log-probability of every candidate title after its prompt, one packed forward per batch of prompts.
 
@@ -194,6 +196,10 @@ def score_candidates(
         trunk_cache ([`~trl_dynamicpo.trunk_cache.TrunkCache`], *optional*): Cached trunk states of these rows (row
             `i` of the cache = prompt `i`, built with the same tokenization): only the layers above the trunk run.
             Every prompt and candidate is checked against the cache first.
+        item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*): Hybrid item tokens (for a model with an
+            attached item projector): the prompts are marked and each item token gets its title's vector.
+        user_states (`Sequence`, *optional*): The teacher's sequence state of each prompt's user (the `embedding`
+            column), for `item_features="item+state"`.
 
     Returns:
         `np.ndarray`: float64 [N, A_max] scores in candidate order; NaN where a prompt has fewer candidates.
@@ -214,11 +220,28 @@ def score_candidates(
         raise ValueError("`prompts` and `candidates` must have the same length.")
     ensure_fused_lm_head(model)
     pad_id = _pad_token_id(tokenizer)
+    item_titles = None
+    if item_tokens is not None:
+        prompts, item_titles = item_tokens.mark(prompts)
     prompt_ids, answer_ids = [], []
     for prompt, cands in zip(prompts, candidates):
         ids, answers = _tokenize(tokenizer, prompt, cands, separator=separator, add_eos=add_eos)
         prompt_ids.append(truncate_prompt_ids(list(ids), max_prompt_length, tokenizer.bos_token_id))
         answer_ids.append([list(a) for a in answers])
+    item_rows = None
+    if item_tokens is not None:
+        # Every row's vectors before the first forward: an unknown title or a missing state fails at once.
+        item_rows = [
+            {
+                "prompt_ids": prompt_ids[i],
+                "item_titles": item_titles[i],
+                "embedding": None if user_states is None else user_states[i],
+                "row_index": i,
+            }
+            for i in range(len(prompt_ids))
+        ]
+        for row in item_rows:
+            item_tokens.batch_features([row])
     width = max((len(c) for c in candidates), default=0)
     scores = np.full((len(prompts), width), np.nan)
     device = _model_device(model)
@@ -240,6 +263,10 @@ def score_candidates(
             else:
                 packed = pack_answers(
                     [prompt_ids[i] for i in batch], [answer_ids[i] for i in batch], pad_token_id=pad_id
+                )
+            if item_rows is not None:
+                packed["item_features"], packed["item_mask"] = item_tokens.batch_features(
+                    [item_rows[i] for i in batch]
                 )
             packed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
             logps = answer_logps(model, packed).double().cpu().numpy()
