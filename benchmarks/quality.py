@@ -122,6 +122,34 @@ class QualityArguments:
             "as trunk_autocast 'auto'."
         },
     )
+    # hybrid item tokens
+    item_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Hybrid item tokens (`trl_dynamicpo.item_tokens`): the teacher's item embeddings (item_embeddings"
+            ".parquet of the `teacher` build), projected into the LM after every title of the prompt, at the input of "
+            "the lowest trainable layer (the trunk caches stay exact). Needs `teacher`. Every cell, SFT included."
+        },
+    )
+    item_features: str = field(
+        default="item+state",
+        metadata={"help": "'item' (item embedding) or 'item+state' (also its product with the row's teacher state)."},
+    )
+    item_feature_dropout: float = field(default=0.0, metadata={"help": "Dropout on the teacher's vectors."})
+    item_vectors: bool = field(
+        default=True,
+        metadata={
+            "help": "False: the item tokens stay in the prompts but their projector is frozen at zero, the text-only "
+            "control on the same prompts and caches."
+        },
+    )
+    fusion_lambda: float | None = field(
+        default=None,
+        metadata={
+            "help": "Report each cell fused with the teacher: score + lambda x log(teacher score). None: on the "
+            "validation split every lambda of a grid is reported (choose there), on test none."
+        },
+    )
     # SFT
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
     sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the training rows."})
@@ -214,6 +242,8 @@ class QualityArguments:
             raise ValueError("`num_generation_prompts` cannot exceed `num_eval_prompts` (they are a subset).")
         for cell in self.grid:
             parse_cell(cell)
+        if self.item_tokens and not self.teacher:
+            raise ValueError("`item_tokens` needs a `teacher` build (its item_embeddings.parquet and states).")
 
 
 def _is_float(hint) -> bool:
@@ -276,12 +306,31 @@ class Study:
             teacher_folder = build(
                 {**self.data_settings(), "teacher": a.teacher}, f"data_{a.teacher}", teacher=a.teacher
             )
-            rows = load_dataset_folder(teacher_folder)[a.eval_split].select(eval_index)
+            teacher_dataset = load_dataset_folder(teacher_folder)
+            rows = teacher_dataset[a.eval_split].select(eval_index)
             if rows["prompt"] != self.eval["prompt"]:
                 raise RuntimeError(
                     f"The {a.teacher} build's {a.eval_split} rows differ from the study's: rebuild both."
                 )
             self.teacher_scores = rows["candidate_scores"]
+            self.teacher_folder = teacher_folder
+            if a.item_tokens:
+                # The same rows with the teacher's columns: `embedding` (the row's state) feeds the item vectors.
+                self.train = teacher_dataset["train"].select(train_index)
+                self.eval = rows
+
+    def item_token_data(self, tokenizer):
+        """The data side of the hybrid item tokens (table, marker, features), or None for text-only cells."""
+        if not self.args.item_tokens:
+            return None
+        from trl_dynamicpo.item_tokens import ItemEmbeddingTable, ItemTokens, default_item_token, item_token_id
+
+        token = default_item_token(tokenizer)
+        table = ItemEmbeddingTable.from_folder(self.teacher_folder)
+        return ItemTokens(table, token, self.args.item_features, item_token_id(tokenizer, token))
+
+    def user_states(self, rows):
+        return rows["embedding"] if self.args.item_tokens else None
 
     def record_timing(self, key: str, seconds: float) -> None:
         """Keep a one-off cost (data build, trunk caches, reference log-probs) in `timings.json` at once, so that the
@@ -307,6 +356,8 @@ class Study:
             "num_eval_prompts": a.num_eval_prompts if name == "eval" else None,
             "train_rows": a.train_rows if name == "train" else None,
         }
+        if a.item_tokens:  # marked prompts; only then, so that the text-only caches keep their names
+            settings["item_tokens"] = True
         # A rotated candidate list; only then, so that the caches of the prompts as built keep their name.
         if order is not None:
             settings["candidate_order"] = order
@@ -323,6 +374,7 @@ class Study:
             num_trainable_layers=a.trainable_layers,
             autocast_dtype=a.trunk_autocast,
             batch_size=4,
+            item_tokens=self.item_token_data(tokenizer),
         )
         seconds = time.perf_counter() - start
         if seconds > 5:
@@ -394,6 +446,12 @@ class Study:
             trunk_cache=str(self.train_cache.cache_dir) if self.train_cache is not None else None,
             disable_tqdm=bool(os.environ.get("TQDM_DISABLE")),
         )
+        if a.item_tokens:
+            values.update(
+                item_embeddings=str(self.teacher_folder),
+                item_features=a.item_features,
+                item_feature_dropout=a.item_feature_dropout,
+            )
         values.update(overrides)
         return DynamicPOConfig(**values)
 
@@ -424,7 +482,11 @@ class Study:
             "batch_size",
             "warmup_ratio",
         )
-        return {"data": self.data_settings(), **{k: getattr(a, k) for k in keys}}
+        settings = {"data": self.data_settings(), **{k: getattr(a, k) for k in keys}}
+        if a.item_tokens:  # only then, so that the text-only cells keep their fingerprints
+            hybrid = ("item_features", "item_feature_dropout", "item_vectors")
+            settings["item_tokens"] = {"teacher": a.teacher, **{k: getattr(a, k) for k in hybrid}}
+        return settings
 
     def cell_settings(self, cell: str) -> dict:
         if cell == "sft":
@@ -477,6 +539,7 @@ class Study:
         from transformers import set_seed
 
         from trl_dynamicpo import DynamicPOTrainer
+        from trl_dynamicpo.item_tokens import get_item_tokens, load_item_tokens, save_item_tokens
 
         folder = self.cell_dir(cell)
         if folder.exists():
@@ -498,6 +561,7 @@ class Study:
             )
         else:
             model = PeftModel.from_pretrained(model, str(self.cell_dir("sft") / "adapter"), is_trainable=True)
+            load_item_tokens(model, self.cell_dir("sft") / "adapter")
             args = self.trainer_config(
                 folder,
                 loss_type=[loss],
@@ -507,9 +571,13 @@ class Study:
                 precompute_ref_log_probs=True,
             )
         trainer = DynamicPOTrainer(model, args=args, train_dataset=train, processing_class=tokenizer)
+        projector = get_item_tokens(trainer.model)
+        if projector is not None and not self.args.item_vectors:
+            projector.requires_grad_(False)  # the text-only control: item tokens, no vectors (the projector is zero)
         trainer.train()
         seconds = time.perf_counter() - start
         trainer.model.save_pretrained(str(folder / "adapter"))
+        save_item_tokens(trainer.model, folder / "adapter")
         shutil.rmtree(folder / "trainer", ignore_errors=True)
         record = {
             "cell": cell,
@@ -532,11 +600,13 @@ class Study:
         from peft import PeftModel
 
         from trl_dynamicpo.evaluation import score_candidates
+        from trl_dynamicpo.item_tokens import load_item_tokens
 
         path = self.cell_dir("sft") / "reference_logps.npy"
         if not path.is_file():
             model, tokenizer = self.load_base()
             model = PeftModel.from_pretrained(model, str(self.cell_dir("sft") / "adapter"))
+            load_item_tokens(model, self.cell_dir("sft") / "adapter")
             start = time.perf_counter()
             # fp32 reference log-probs (no autocast): the losses subtract them from the policy's.
             scores = score_candidates(
@@ -547,6 +617,8 @@ class Study:
                 batch_size=self.args.eval_batch_size,
                 trunk_cache=self.train_cache,
                 show_progress=not os.environ.get("TQDM_DISABLE"),
+                item_tokens=self.item_token_data(tokenizer),
+                user_states=self.user_states(self.train),
             )
             self.record_timing("reference_logps", time.perf_counter() - start)
             np.save(path, scores)
@@ -564,9 +636,12 @@ class Study:
         from peft import PeftModel
 
         from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_over_orders, target_indices
+        from trl_dynamicpo.item_tokens import load_item_tokens
 
         model, _ = self.load_base()
         model = PeftModel.from_pretrained(model, str(self.cell_dir(cell) / "adapter"))
+        load_item_tokens(model, self.cell_dir(cell) / "adapter")
+        item_tokens = self.item_token_data(tokenizer)
         settings = self.eval_settings(cell)
         start = time.perf_counter()
         with self.autocast():
@@ -580,6 +655,8 @@ class Study:
                 batch_size=self.args.eval_batch_size,
                 score=self.args.score,
                 show_progress=not os.environ.get("TQDM_DISABLE"),
+                item_tokens=item_tokens,
+                user_states=self.user_states(self.eval),
             )
         scores = per_order.mean(axis=0)
         ranking_seconds = time.perf_counter() - start
@@ -601,6 +678,8 @@ class Study:
                     rows["prompt"],
                     batch_size=self.args.generation_batch_size,
                     show_progress=not os.environ.get("TQDM_DISABLE"),
+                    item_tokens=item_tokens,
+                    user_states=self.user_states(rows),
                 )
             record["generation_seconds"] = time.perf_counter() - start
             record["generation"] = generation_metrics(outputs, rows["candidates"], rows["target"], "exact")

@@ -212,6 +212,30 @@ def collect(study) -> tuple[dict, dict]:
                 entry["extrapolated"]["vs_popularity"] = paired_block(
                     extrapolated, ranks["baseline:popularity"], resamples, seed
                 )
+    teacher_key = f"baseline:{args.teacher}" if args.teacher else None
+    if teacher_key in ranks:
+        for cell, entry in by_name.items():
+            entry["vs_teacher"] = paired_block(ranks[cell], ranks[teacher_key], resamples, seed)
+        teacher = teacher_logits(study.teacher_scores, scores[next(iter(scores))].shape) if scores else None
+        for cell, entry in by_name.items():
+            lambdas = [args.fusion_lambda] if args.fusion_lambda is not None else FUSION_GRID
+            if args.fusion_lambda is None and args.eval_split == "test":
+                continue  # λ is chosen on validation; on test only the chosen one is scored
+            sweep = {}
+            for lam in lambdas:
+                fused = target_ranks(scores[cell] + lam * teacher, target_index)
+                sweep[lam] = fused
+            best = max(sweep, key=lambda lam: (np.mean(sweep[lam] == 1), -lam))
+            fused = sweep[best]
+            ranks[f"fusion:{cell}"] = fused
+            entry["fusion"] = {
+                "lambda": best,
+                "chosen_on": "given" if args.fusion_lambda is not None else f"{args.eval_split} (grid)",
+                "grid_hr@1": {str(lam): float(np.mean(r == 1)) for lam, r in sweep.items()},
+                **metric_block(fused, resamples, seed),
+                "vs_teacher": paired_block(fused, ranks[teacher_key], resamples, seed),
+                "vs_cell": paired_block(fused, ranks[cell], resamples, seed),
+            }
     for cell in by_name:
         loss, k = parse_cell(cell)
         if loss == "dynamicpo" and f"dmpo@{k}" in ranks:
@@ -233,6 +257,19 @@ def collect(study) -> tuple[dict, dict]:
         },
     }
     return results, per_prompt
+
+
+# Fusion weights tried on validation: score = LLM log-prob sum + λ · teacher logit.
+FUSION_GRID = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def teacher_logits(teacher_scores, shape) -> np.ndarray:
+    """The teacher's candidate scores (sigmoid probabilities) as logits, `[N, A]` (NaN-padded like the cells')."""
+    out = np.full(shape, np.nan)
+    for i, row in enumerate(teacher_scores):
+        p = np.clip(np.asarray(row, dtype=np.float64), 1e-12, 1 - 1e-12)
+        out[i, : len(p)] = np.log(p) - np.log1p(-p)
+    return out
 
 
 def _fmt_ci(value: float, ci) -> str:
@@ -274,6 +311,19 @@ def markdown_table(results: dict) -> str:
                 f"{_fmt_ci(ext['ndcg@10'], ext['ndcg@10_ci'])} | {_fmt_diff(ext.get('vs_sft'))} | "
                 f"{_fmt_diff(ext.get('vs_popularity'))} | - | - | - |"
             )
+        if "fusion" in cell:
+            fusion = cell["fusion"]
+            lines.append(
+                f"| {DISPLAY[cell['loss']]} + teacher (fusion, λ = {fusion['lambda']:g}) | "
+                f"{cell['num_negatives'] or '-'} | {_fmt_ci(fusion['hr@1'], fusion['hr@1_ci'])} | "
+                f"{_fmt_ci(fusion['ndcg@10'], fusion['ndcg@10_ci'])} | - | - | - | - | - |"
+            )
+    teacher_rows = [c for c in results["cells"] if "vs_teacher" in c]
+    if teacher_rows:
+        lines += ["", "| HR@1 − teacher (paired 95% CI) | model | fusion with the teacher |", "|---|---|---|"]
+        for cell in teacher_rows:
+            fused = _fmt_diff(cell["fusion"]["vs_teacher"]) if "fusion" in cell else "-"
+            lines.append(f"| {cell['name']} | {_fmt_diff(cell['vs_teacher'])} | {fused} |")
     if results["comparisons"]:
         lines += ["", "| paired difference | HR@1 [95% CI] | NDCG@10 [95% CI] |", "|---|---|---|"]
         for name, block in results["comparisons"].items():

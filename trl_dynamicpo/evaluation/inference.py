@@ -88,6 +88,8 @@ def generate_answers(
     batch_size: int = 8,
     max_prompt_length: int = 1024,
     show_progress: bool = True,
+    item_tokens=None,
+    user_states: Sequence[Sequence[float]] | None = None,
 ) -> list[str]:
     """Greedy answers of a causal LM to plain-text prompts (the papers' generation protocol).
 
@@ -105,6 +107,9 @@ def generate_answers(
         batch_size (`int`, defaults to `8`): Prompts per `generate` call.
         max_prompt_length (`int`, defaults to `1024`): Prompt token budget.
         show_progress (`bool`, defaults to `True`): Show a tqdm bar.
+        item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*): Hybrid item tokens, as for
+            [`score_candidates`]: the vectors are added during the prompt's forward pass (the prefill).
+        user_states (`Sequence`, *optional*): Each prompt's teacher state, for `item_features="item+state"`.
 
     Returns:
         `list[str]`: The decoded new text of each prompt, in input order.
@@ -122,7 +127,12 @@ def generate_answers(
     import torch
     from transformers import GenerationConfig
 
+    from ..item_tokens import injecting
+
     pad_id = _pad_token_id(tokenizer)
+    item_titles = None
+    if item_tokens is not None:
+        prompts, item_titles = item_tokens.mark(prompts)
     prompt_ids = [
         truncate_prompt_ids(_tokenize(tokenizer, p, [])[0], max_prompt_length, tokenizer.bos_token_id) for p in prompts
     ]
@@ -149,11 +159,26 @@ def generate_answers(
                 ids = prompt_ids[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[row, width - len(ids) :] = 1
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=generation_config,
-            )
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if item_titles is not None:
+                rows = [
+                    {
+                        "prompt_ids": prompt_ids[i],
+                        "item_titles": item_titles[i],
+                        "embedding": None if user_states is None else user_states[i],
+                        "row_index": i,
+                    }
+                    for i in batch
+                ]
+                inputs["item_features"], inputs["item_mask"] = item_tokens.batch_features(rows)
+                inputs["labels"] = torch.full_like(input_ids, -100)  # every position is prompt
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with injecting(model, inputs):
+                output = model.generate(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    generation_config=generation_config,
+                )
             texts = tokenizer.batch_decode(output[:, width:].tolist(), skip_special_tokens=True)
             for i, text in zip(batch, texts):
                 answers[i] = text
