@@ -10,7 +10,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from trl_dynamicpo import DynamicPOTrainer
-from trl_dynamicpo.evaluation import score_candidates, score_over_orders
+from trl_dynamicpo.evaluation import generate_answers, score_candidates, score_over_orders
 from trl_dynamicpo.evaluation.orders import reorder_rows
 from trl_dynamicpo.item_tokens import (
     ITEM_TABLE_FILE,
@@ -258,3 +258,44 @@ def test_projector_gets_gradient_without_cache(tokenizer, table, tmp_path):
 def test_save_without_projector_writes_nothing(tokenizer, tmp_path):
     assert save_item_tokens(_model(tokenizer), tmp_path) is False
     assert load_item_tokens(_model(tokenizer), tmp_path) is None
+
+
+def test_generation_injects_vectors_in_the_prefill(tokenizer, table):
+    model = _model(tokenizer)
+    projector = attach_item_tokens(model, _projector(tokenizer, layer=0, seed=5))
+    tokens = ItemTokens.for_model(model, table)
+    prompts = [r["prompt"] for r in ROWS]
+    answers = generate_answers(model, tokenizer, prompts, item_tokens=tokens, max_new_tokens=1, show_progress=False)
+    for prompt, answer in zip(prompts, answers):
+        # Naive: the first greedy token from the embeddings with the vectors added at the item tokens.
+        marked, titles = mark_items(prompt, table, "<item>")
+        ids = tokenizer(marked).input_ids
+        positions = [i for i, t in enumerate(ids) if t == projector.item_token_id]
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(torch.tensor([ids])).clone()
+            embeds[0, positions] += projector.net(torch.from_numpy(table.lookup(titles)))
+            first = int(model(inputs_embeds=embeds).logits[0, -1].argmax())
+        assert answer == tokenizer.decode([first], skip_special_tokens=True)
+
+
+def test_load_recommender_restores_the_projector(tokenizer, table, tmp_path):
+    from trl_dynamicpo.hub import load_recommender
+
+    base = _model(tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=LORA_TARGETS, layers_to_transform=[2, 3]))
+    attach_item_tokens(model, _projector(tokenizer, layer=2, features="item+state"))
+    model.save_pretrained(tmp_path / "adapter")
+    assert save_item_tokens(model, tmp_path / "adapter")
+    prompts, candidates = [r["prompt"] for r in ROWS], [r["candidates"] for r in ROWS]
+    expected = score_candidates(
+        model, tokenizer, prompts, candidates, item_tokens=ItemTokens.for_model(model, table), user_states=_states()
+    )
+    loaded, loaded_tokenizer = load_recommender(tmp_path / "adapter", base_model=str(tmp_path / "base"))
+    assert get_item_tokens(loaded).config["features"] == "item+state"
+    again = score_candidates(
+        loaded, loaded_tokenizer, prompts, candidates, item_tokens=ItemTokens.for_model(loaded, table),
+        user_states=_states(),
+    )  # fmt: skip
+    np.testing.assert_allclose(again, expected, atol=1e-5)

@@ -37,7 +37,14 @@ __all__ = ["HubPushError", "build_model_card", "load_recommender", "push_adapter
 
 # Files of an adapter repo that `load_recommender` needs: adapter weights/config and every tokenizer file that
 # `save_pretrained` writes. Checkpoints, optimizer states and training arguments are never downloaded.
-_ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+# The item projector of hybrid item tokens (`trl_dynamicpo.item_tokens`) travels with the adapter.
+_ADAPTER_FILES = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "item_tokens.json",
+    "item_tokens.safetensors",
+]
 _TOKENIZER_FILES = [
     "tokenizer_config.json",
     "tokenizer.json",
@@ -290,7 +297,8 @@ def load_recommender(
             `attn_implementation`, `device_map`). `gguf_file` is also used for the base model's tokenizer.
 
     Returns:
-        `tuple`: the `PeftModel` in eval mode and the tokenizer.
+        `tuple`: the `PeftModel` in eval mode and the tokenizer. A model trained with hybrid item tokens has its item
+        projector attached ([`~trl_dynamicpo.item_tokens.get_item_tokens`]); score it with the item table it names.
 
     Raises:
         `FileNotFoundError`: before any model is loaded, naming the path or repo and what is missing: a local path
@@ -308,6 +316,8 @@ def load_recommender(
     """
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .item_tokens import load_item_tokens
 
     local_files_only = bool(model_kwargs.pop("local_files_only", False)) or _is_offline()
     source = os.fspath(repo_id_or_path)
@@ -348,6 +358,8 @@ def load_recommender(
 
     base = AutoModelForCausalLM.from_pretrained(base_model, **{**base_kwargs, **model_kwargs})
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    # Hybrid item tokens: the projector saved next to the adapter (`item_tokens.json`), if the model has one.
+    load_item_tokens(model, adapter_dir)
     if device is not None:
         model.to(device)
     model.eval()
