@@ -226,6 +226,17 @@ Columns:
 - `rejected_scores` (list of floats): the same values at the positions of `rejected` (NAPO's confidence in each
   negative).
 - `embedding` (list of floats): {teacher["embedding"]}; NAPO's in-batch similarity.
+{_item_embeddings_note(teacher)}"""
+
+
+def _item_embeddings_note(teacher: dict) -> str:
+    table = teacher.get("item_embeddings")
+    if not table:
+        return ""
+    return f"""
+Item embeddings: `{table["file"]}` (columns `item_id`, `title`, `embedding`; {table["rows"]:,} items x {table["dim"]}
+floats) holds the teacher's item vectors, the ones its scores dot the state with, for every item of the catalog. Hybrid
+item tokens (`trl_dynamicpo.item_tokens`, `DynamicPOConfig(item_embeddings=...)`) look a prompt's titles up in it.
 """
 
 

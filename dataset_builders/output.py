@@ -32,6 +32,8 @@ from .errors import OutputFolderError
 
 
 BUILD_INFO = "build_info.json"
+# A teacher build's item-embedding table (item_id, title, embedding), outside LAYOUT: it is no `datasets` config.
+ITEM_EMBEDDINGS_FILE = "item_embeddings.parquet"
 BUILDER = "dataset_builders"
 # The files a build writes, per config and split (relative paths). `load_dataset_folder` and the card read exactly
 # these, never a glob, so that a stray file in the folder cannot be read as data.

@@ -46,7 +46,16 @@ from tqdm import tqdm
 from .config import SPLITS, BuildConfig
 from .download import resolve_raw_files
 from .errors import RawDataError
-from .output import BUILD_INFO, BUILDER, LAYOUT, check_output_dir, file_hashes, make_staging_dir, replace_folder
+from .output import (
+    BUILD_INFO,
+    BUILDER,
+    ITEM_EMBEDDINGS_FILE,
+    LAYOUT,
+    check_output_dir,
+    file_hashes,
+    make_staging_dir,
+    replace_folder,
+)
 from .sources import InteractionData, PresplitData, get_source
 from .sources.base import Source
 from .teachers import TEACHER_COLUMNS, TeacherData, run_teacher
@@ -654,10 +663,31 @@ def _import_parameters(config: BuildConfig, domain: str, templates) -> dict:
     return parameters
 
 
+def teacher_item_table(catalog: Catalog, item_embeddings: np.ndarray) -> pa.Table:
+    """The teacher's item-embedding table (`item_id`, `title`, `embedding`), one row per catalog item in catalog order:
+    what hybrid item tokens (`trl_dynamicpo.item_tokens.ItemEmbeddingTable`) look a prompt's titles up in."""
+    dim = item_embeddings.shape[1]
+    return pa.table(
+        {
+            "item_id": pa.array(catalog.ids.astype(str)),
+            "title": pa.array(list(catalog.titles), type=pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(item_embeddings.reshape(-1), pa.float32()), dim),
+        }
+    )
+
+
 def _write_output(
-    folder: Path, tables: dict, items_table: pa.Table, info: dict, source: Source, repo_hint: str, progress: bool
+    folder: Path,
+    tables: dict,
+    items_table: pa.Table,
+    info: dict,
+    source: Source,
+    repo_hint: str,
+    progress: bool,
+    item_embeddings: pa.Table | None = None,
 ) -> None:
-    """Write the Parquet files, the card and `build_info.json` (listing every file with its SHA-256) to `folder`."""
+    """Write the Parquet files, the card and `build_info.json` (listing every file with its SHA-256) to `folder`;
+    with a teacher that has item vectors, also `ITEM_EMBEDDINGS_FILE`."""
     from .card import write_card
 
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -665,10 +695,13 @@ def _write_output(
     for split_name, table in tqdm(tables.items(), desc="write parquet", disable=not progress, leave=False):
         pq.write_table(table, folder / LAYOUT["default"][split_name][0])
     pq.write_table(items_table, folder / LAYOUT["items"]["train"][0])
+    written = ["README.md", *(path for config in LAYOUT.values() for paths in config.values() for path in paths)]
+    if item_embeddings is not None:
+        pq.write_table(item_embeddings, folder / ITEM_EMBEDDINGS_FILE)
+        written.append(ITEM_EMBEDDINGS_FILE)
     example_split = next((s for s in SPLITS if len(tables[s])), None)
     example = tables[example_split].slice(0, 1).to_pylist()[0] if example_split else None
     write_card(folder, source, info, example, repo_hint=repo_hint)
-    written = ["README.md", *(path for config in LAYOUT.values() for paths in config.values() for path in paths)]
     info["output"]["files"] = file_hashes(folder, written)
     (folder / BUILD_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
@@ -791,13 +824,29 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
     }
     if teacher is not None:
         info["teacher"] = teacher.info
+        if teacher.item_embeddings is not None:
+            info["teacher"]["item_embeddings"] = {
+                "file": ITEM_EMBEDDINGS_FILE,
+                "rows": int(teacher.item_embeddings.shape[0]),
+                "dim": int(teacher.item_embeddings.shape[1]),
+            }
     items_table = pa.Table.from_pandas(items, preserve_index=False)
     # Write a complete folder beside the output and swap it in: a failure (or a kill) before the swap leaves the
     # previous dataset as it was, never a mix of old and new files.
     staging = make_staging_dir(output_dir)
     try:
+        item_embeddings = None
+        if teacher is not None and teacher.item_embeddings is not None:
+            item_embeddings = teacher_item_table(catalog, teacher.item_embeddings)
         _write_output(
-            staging, tables, items_table, info, source, config.push_to_hub or str(output_dir), config.progress
+            staging,
+            tables,
+            items_table,
+            info,
+            source,
+            config.push_to_hub or str(output_dir),
+            config.progress,
+            item_embeddings,
         )
         check_output_dir(output_dir, config.overwrite, config.raw_dir)  # it may have changed during the build
         replace_folder(staging, output_dir)

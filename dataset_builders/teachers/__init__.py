@@ -80,11 +80,14 @@ class TeacherData:
 @dataclass
 class TeacherResult:
     """Output of a teacher: `candidate_scores` aligned with `TeacherData.cand_items` (float64), `embeddings`
-    `[rows, dim]` (float32) and `info` (what `build_info.json` records under `teacher`)."""
+    `[rows, dim]` (float32), `info` (what `build_info.json` records under `teacher`) and `item_embeddings`
+    `[items, item_dim]` (float32, catalog order; the build writes them to `item_embeddings.parquet`), or None for a
+    teacher without item vectors."""
 
     candidate_scores: np.ndarray
     embeddings: np.ndarray
     info: dict
+    item_embeddings: np.ndarray | None = None
 
 
 class _Entry:

@@ -384,4 +384,8 @@ def fit_and_score(data: TeacherData, config: SASRecConfig, progress: bool = True
         embedding=f"state after the last history item ({config.hidden_size} floats, final layer norm)",
         parameters=int(sum(p.numel() for p in model.parameters())),
     )
-    return TeacherResult(candidate_scores=scores, embeddings=states.astype(np.float32), info=record)
+    # Row 0 is padding; the rest are the output embeddings the scores dot the state with (catalog order).
+    items = model.item_embedding.weight.detach()[1:].numpy().astype(np.float32)
+    return TeacherResult(
+        candidate_scores=scores, embeddings=states.astype(np.float32), info=record, item_embeddings=items
+    )

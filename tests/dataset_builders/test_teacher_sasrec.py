@@ -164,6 +164,33 @@ def test_build_info_and_card_describe_the_teacher(rule_build):
     assert "test HR@1" in rule_build.summary
 
 
+def test_item_embedding_table_reproduces_the_candidate_scores(rule_build):
+    """item_embeddings.parquet holds the vectors the scores use: sigmoid(state . item vector) of every candidate equals
+    the written `candidate_scores`, and ItemEmbeddingTable (hybrid item tokens) reads it by title."""
+    import pyarrow.parquet as pq
+
+    from trl_dynamicpo.item_tokens import ItemEmbeddingTable
+
+    folder = rule_build.output_dir
+    table = pq.read_table(folder / "item_embeddings.parquet").to_pandas()
+    items = rule_build.items.to_pandas()
+    assert sorted(table["item_id"]) == sorted(items["item_id"]) and sorted(table["title"]) == sorted(items["title"])
+    hidden = rule_build.info["teacher"]["hyperparameters"]["hidden_size"]
+    assert rule_build.info["teacher"]["item_embeddings"] == {
+        "file": "item_embeddings.parquet",
+        "rows": len(items),
+        "dim": hidden,
+    }
+    assert "item_embeddings.parquet" in rule_build.info["output"]["files"]  # hashed: the folder stays our own
+    assert "`item_embeddings.parquet`" in (folder / "README.md").read_text()
+    lookup = ItemEmbeddingTable.from_folder(folder)
+    for split in SPLITS:
+        for row in rule_build.dataset[split].select(range(5)):
+            vectors = lookup.lookup(row["candidates"]).astype(np.float64)
+            logits = vectors @ np.asarray(row["embedding"], dtype=np.float64)
+            np.testing.assert_allclose(1 / (1 + np.exp(-logits)), row["candidate_scores"], rtol=1e-4, atol=1e-6)
+
+
 def test_loaded_folder_round_trip(rule_build, tmp_path):
     from datasets import load_dataset
 
