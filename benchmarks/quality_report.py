@@ -221,11 +221,7 @@ def collect(study) -> tuple[dict, dict]:
             lambdas = [args.fusion_lambda] if args.fusion_lambda is not None else FUSION_GRID
             if args.fusion_lambda is None and args.eval_split == "test":
                 continue  # λ is chosen on validation; on test only the chosen one is scored
-            sweep = {}
-            for lam in lambdas:
-                fused = target_ranks(scores[cell] + lam * teacher, target_index)
-                sweep[lam] = fused
-            best = max(sweep, key=lambda lam: (np.mean(sweep[lam] == 1), -lam))
+            best, sweep = fusion_sweep(scores[cell], teacher, target_index, lambdas)
             fused = sweep[best]
             ranks[f"fusion:{cell}"] = fused
             entry["fusion"] = {
@@ -261,6 +257,26 @@ def collect(study) -> tuple[dict, dict]:
 
 # Fusion weights tried on validation: score = LLM log-prob sum + λ · teacher logit.
 FUSION_GRID = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def fusion_sweep(scores: np.ndarray, teacher: np.ndarray, target_index, lambdas) -> tuple[float, dict]:
+    """The target ranks of `scores + λ · teacher` for each λ of `lambdas`, and the λ with the highest HR@1 (the
+    smallest on a tie: the least teacher that does as well).
+
+    Args:
+        scores (`np.ndarray`): the LLM's candidate scores `[N, A]` (NaN-padded).
+        teacher (`np.ndarray`): the teacher's logits, same shape (`teacher_logits`).
+        target_index: the target's candidate index per prompt.
+        lambdas: the weights to try.
+
+    Returns:
+        `(best λ, {λ: ranks [N]})`.
+    """
+    from trl_dynamicpo.evaluation import target_ranks
+
+    sweep = {lam: target_ranks(scores + lam * teacher, target_index) for lam in lambdas}
+    best = max(sweep, key=lambda lam: (np.mean(sweep[lam] == 1), -lam))
+    return best, sweep
 
 
 def teacher_logits(teacher_scores, shape) -> np.ndarray:
