@@ -299,3 +299,32 @@ def test_load_recommender_restores_the_projector(tokenizer, table, tmp_path):
         user_states=_states(),
     )  # fmt: skip
     np.testing.assert_allclose(again, expected, atol=1e-5)
+
+
+def test_evaluate_recommender_scores_and_generates_with_the_item_vectors(tokenizer, table):
+    """Both protocols of `evaluate_recommender` inject the vectors (with the rows' `embedding` as the user state) and
+    give what `score_candidates` / `generate_answers` give when called with the item tokens directly."""
+    from trl_dynamicpo.evaluation import evaluate_recommender, ranking_metrics, target_indices
+
+    model = _model(tokenizer)
+    attach_item_tokens(model, _projector(tokenizer, layer=2, features="item+state"))
+    tokens = ItemTokens.for_model(model, table)
+    rows = [{**r, "target": r["chosen"], "embedding": state} for r, state in zip(ROWS, _states())]
+    prompts, candidates = [r["prompt"] for r in rows], [r["candidates"] for r in rows]
+    expected = score_candidates(model, tokenizer, prompts, candidates, item_tokens=tokens, user_states=_states())
+    results = evaluate_recommender(
+        model, tokenizer, Dataset.from_list(rows), item_tokens=tokens, return_scores=True, max_new_tokens=2,
+        bootstrap_resamples=0,
+    )  # fmt: skip
+    np.testing.assert_allclose(results["ranking/scores"], expected, atol=1e-5)
+    target = target_indices(candidates, [r["target"] for r in rows])
+    assert results["ranking/hr@1"] == ranking_metrics(expected, target)["hr@1"]
+    answers = generate_answers(
+        model, tokenizer, prompts, item_tokens=tokens, user_states=_states(), max_new_tokens=2, show_progress=False
+    )
+    assert results["generation/outputs"] == answers
+    plain = score_candidates(model, tokenizer, prompts, candidates)  # unmarked prompts: other scores
+    assert not np.allclose(plain, expected, atol=1e-3)
+    without_states = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
+    with pytest.raises(ValueError, match="embedding"):
+        evaluate_recommender(model, tokenizer, without_states, item_tokens=tokens, bootstrap_resamples=0)

@@ -33,6 +33,7 @@ def evaluate_recommender(
     item_table: Any = None,
     trunk_cache=None,
     return_scores: bool = False,
+    item_tokens=None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate a recommender LM with the generation and/or ranking protocol, plus baselines.
@@ -56,6 +57,9 @@ def evaluate_recommender(
             rows, for the ranking protocol (see [`score_candidates`]).
         return_scores (`bool`, defaults to `False`): Also return the per-prompt results, for paired statistics:
             `ranking/scores` (`[N, A]` candidate scores), `ranking/target_index`, `generation/outputs`.
+        item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*): For a model with hybrid item tokens
+            (`ItemTokens.for_model(model, table)`): both protocols mark the prompts and inject the projected
+            vectors; with `features="item+state"` the rows' `embedding` column (the teacher's user state) is used.
         **settings: Fields of [`EvaluationConfig`] (e.g. `max_samples=100`, `bootstrap_resamples=1000`: 95%
             percentile-bootstrap intervals over the prompts, [`~trl_dynamicpo.statistics.bootstrap_ci`],
             `<row>/hr@1_ci` and `<row>/ndcg@10_ci` for the ranking protocol and the baselines, `generation/hr@1_ci`).
@@ -85,9 +89,16 @@ def evaluate_recommender(
     prompts, candidates, targets = _rows(dataset, None if None in counts.values() else max(counts.values()))
     lookup = _as_lookup(item_table)  # parsed once for all rows of the table
 
+    states = _user_states(dataset, len(prompts), item_tokens)
+
     def first(protocol: str):
         count = counts[protocol]
         return prompts[:count], candidates[:count], targets[:count]
+
+    def hybrid(protocol: str) -> dict[str, Any]:
+        if item_tokens is None:
+            return {}
+        return {"item_tokens": item_tokens, "user_states": None if states is None else states[: counts[protocol]]}
 
     results: dict[str, Any] = {
         "num_samples": len(first(main)[0]),
@@ -96,9 +107,15 @@ def evaluate_recommender(
         "score_mode": config.score,
     }
     if "generation" in config.protocols:
-        results.update(_generation(model, tokenizer, *first("generation"), lookup, config, return_scores))
+        results.update(
+            _generation(model, tokenizer, *first("generation"), lookup, config, return_scores, **hybrid("generation"))
+        )
     if "ranking" in config.protocols:
-        results.update(_ranking(model, tokenizer, *first("ranking"), lookup, config, trunk_cache, return_scores))
+        results.update(
+            _ranking(
+                model, tokenizer, *first("ranking"), lookup, config, trunk_cache, return_scores, **hybrid("ranking")
+            )
+        )
     if config.baselines:
         results.update(_baselines(_head(dataset, counts[main]), *first(main)[1:], lookup, config))
     return results
@@ -116,8 +133,24 @@ def _timed(function, config: EvaluationConfig, settings: tuple[str, ...], *args,
     return value, time.perf_counter() - start
 
 
-def _generation(model, tokenizer, prompts, candidates, targets, lookup, config, return_scores) -> dict[str, Any]:
-    outputs, runtime = _timed(generate_answers, config, _GENERATION_SETTINGS, model, tokenizer, prompts)
+def _user_states(dataset: Any, count: int, item_tokens) -> list | None:
+    """The first `count` rows' teacher states (`embedding`), when hybrid item tokens need them."""
+    if item_tokens is None or item_tokens.features == "item":
+        return None
+    rows = _head(dataset, count)
+    names = rows.column_names if hasattr(rows, "column_names") else (rows[0].keys() if rows else ())
+    if "embedding" not in names:
+        raise ValueError(
+            f"The model's item tokens use features {item_tokens.features!r}, which need each row's teacher state: "
+            "the rows have no `embedding` column (build the dataset with a teacher)."
+        )
+    return list(rows["embedding"]) if hasattr(rows, "column_names") else [row["embedding"] for row in rows]
+
+
+def _generation(
+    model, tokenizer, prompts, candidates, targets, lookup, config, return_scores, **hybrid
+) -> dict[str, Any]:
+    outputs, runtime = _timed(generate_answers, config, _GENERATION_SETTINGS, model, tokenizer, prompts, **hybrid)
     metrics = generation_metrics(outputs, candidates, targets, config.match, lookup, strict=config.strict_match)
     results = _prefixed("generation", {**metrics, "runtime_s": runtime})
     if return_scores:
@@ -128,12 +161,12 @@ def _generation(model, tokenizer, prompts, candidates, targets, lookup, config, 
     return results
 
 
-def _ranking(model, tokenizer, prompts, candidates, targets, lookup, config, trunk_cache, return_scores):
+def _ranking(model, tokenizer, prompts, candidates, targets, lookup, config, trunk_cache, return_scores, **hybrid):
     # The trunk cache holds the prompts as built; a rotated prompt is another token sequence, scored in full.
     caches = [trunk_cache] + [None] * (config.candidate_orders - 1)
     per_order, runtime = _timed(
         score_over_orders, config, _RANKING_SETTINGS, model, tokenizer, prompts, candidates,
-        config.candidate_orders, trunk_caches=caches,
+        config.candidate_orders, trunk_caches=caches, **hybrid,
     )  # fmt: skip
     scores = per_order.mean(axis=0)
     target_index = target_indices(candidates, targets)
