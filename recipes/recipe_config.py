@@ -106,9 +106,29 @@ class ModelArguments(ModelConfig):
         default=None,
         metadata={"help": "Adapt only the top N decoder layers (null: all); `trunk_cache` can skip those below."},
     )
+    item_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Hybrid item tokens (trl_dynamicpo.item_tokens): the dataset teacher's item embeddings, projected "
+            "into the LM after every title of the prompt (at the lowest trainable layer; exact with the trunk "
+            "cache). Needs a teacher build ('data.build_options: {teacher: sasrec}', or a built folder with "
+            "item_embeddings.parquet); the projector trains in SFT and preference and is published with the adapter, "
+            "next to the table."
+        },
+    )
+    item_features: str = field(
+        default="item",
+        metadata={
+            "help": "With item_tokens: 'item' (the item's teacher embedding) or 'item+state' (also its product with "
+            "the user's teacher state, the rows' `embedding` column: recommend() then needs the user states).",
+            "choices": ["item", "item+state"],
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.item_features not in ("item", "item+state"):
+            raise ValueError(f"'model.item_features' must be 'item' or 'item+state', got {self.item_features!r}.")
         if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
             self.lora_target_modules = [self.lora_target_modules]  # ModelConfig made [x] a regex (PEFT: full match)
         if self.model_name_or_path is None:
@@ -447,7 +467,8 @@ def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):
     `bf16` defaults to on only where it is fast ([`trl_dynamicpo.device.fast_bf16`]: a GPU with bf16, or a CPU with
     AVX512-BF16/AMX), activation checkpointing only with a GPU. With `trunk_cache.enabled` both
     stages get a `DynamicPOConfig` reading `<output_dir>/trunk_cache/train`, SFT as `loss_type=["sft"]` (the chosen
-    answer's token-mean NLL, the same loss as SFTTrainer's completion-only loss).
+    answer's token-mean NLL, the same loss as SFTTrainer's completion-only loss); so do they with `model.item_tokens`,
+    whose `item_embeddings` is the data stage's folder (the teacher's table, copied there).
     """
     has_gpu, _ = accelerator_support()
     values = dict(recipe.raw.get(stage) or {})
@@ -457,14 +478,17 @@ def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):
     if values.get("bf16") is None:
         values["bf16"] = fast_bf16()
     values.update(output_dir=output_dir, seed=recipe.seed, use_cpu=use_cpu())
-    if stage == "sft" and not recipe.trunk_cache.enabled:
+    if stage == "sft" and not (recipe.trunk_cache.enabled or recipe.model.item_tokens):
         # Rows are tokenized by the recipe (trl_dynamicpo.sft_data) with `labels` -100 on the prompt.
         return _parse(SFTConfig, {**values, "completion_only_loss": True}, stage, recipe.source)
     values["completion_separator"] = recipe.data.completion_separator
     if recipe.trunk_cache.enabled:
         values["trunk_cache"] = str(Path(recipe.output_dir) / "trunk_cache" / "train")
-        if stage == "sft":
-            values.update(loss_type=["sft"], num_negatives=0)
+    if recipe.model.item_tokens:
+        # The data stage copies the teacher's item_embeddings.parquet into its folder.
+        values.update(item_embeddings=str(Path(recipe.output_dir) / "data"), item_features=recipe.model.item_features)
+    if stage == "sft":
+        values.update(loss_type=["sft"], num_negatives=0)
     return _parse(DynamicPOConfig, values, stage, recipe.source)
 
 

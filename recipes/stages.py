@@ -57,8 +57,28 @@ class StageWork:
         config = get_peft_config(dataclasses.replace(self.recipe.model, use_peft=True))
         return adapt_top_layers(config, model, self.recipe.model.trainable_layers)
 
+    def item_tokens(self, model=None, tokenizer=None):
+        """The data side of the hybrid item tokens (`trl_dynamicpo.item_tokens.ItemTokens`): of `model`'s projector
+        when it has one, else of the recipe's settings (the marker the trainer will use); None without item tokens."""
+        if not self.recipe.model.item_tokens:
+            return None
+        from trl_dynamicpo.item_tokens import (
+            ItemEmbeddingTable,
+            ItemTokens,
+            default_item_token,
+            get_item_tokens,
+            item_token_id,
+        )
+
+        table = ItemEmbeddingTable.from_folder(self.stage_dir("data"))
+        if model is not None and get_item_tokens(model) is not None:
+            return ItemTokens.for_model(model, table)
+        token = default_item_token(tokenizer)
+        return ItemTokens(table, token, self.recipe.model.item_features, item_token_id(tokenizer, token))
+
     def trunk_cache(self, name: str, rows, model, tokenizer, max_prompt_length: int | None = None):
-        """The frozen-trunk cache of `rows` (built once, on the main process first), or None when it is off."""
+        """The frozen-trunk cache of `rows` (built once, on the main process first), or None when it is off. With
+        item tokens the cached prompts are the marked ones."""
         cfg = self.recipe.trunk_cache
         if not cfg.enabled:
             return None
@@ -72,6 +92,7 @@ class StageWork:
             "autocast_dtype": cfg.autocast_dtype,
             "storage_dtype": cfg.storage_dtype,
             "batch_size": cfg.batch_size,
+            "item_tokens": self.item_tokens(model, tokenizer),
         }
         with self.main_first():
             try:
@@ -107,6 +128,8 @@ class StageWork:
             data, items, outputs["source"] = self._load_or_build_data(folder)
             data = self._subsample(data)
             _check_columns(data, self.recipe.data)
+            if self.recipe.model.item_tokens:
+                outputs["item_embeddings"] = self._copy_item_table(outputs["source"], folder)
             data.save_to_disk(str(folder / "dataset"))
             if items is not None:
                 items.save_to_disk(str(folder / "items"))
@@ -130,6 +153,27 @@ class StageWork:
             **cfg.build_options,
         )
         return data, items, source
+
+    def _copy_item_table(self, source: str, folder: Path) -> str:
+        """Copy the teacher's item-embedding table of the dataset (a local folder or a Hub dataset) into `folder`."""
+        from trl_dynamicpo.item_tokens import ITEM_TABLE_FILE
+
+        path = Path(source) / ITEM_TABLE_FILE
+        if not Path(source).is_dir():  # a Hub dataset id
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                path = Path(hf_hub_download(source, ITEM_TABLE_FILE, repo_type="dataset"))
+            except EntryNotFoundError:
+                pass
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"'model.item_tokens' needs the teacher's {ITEM_TABLE_FILE}, which {source} does not have: build the "
+                "dataset with a teacher ('data.build_options: {teacher: sasrec}')."
+            )
+        shutil.copy2(path, folder / ITEM_TABLE_FILE)
+        return str(folder / ITEM_TABLE_FILE)
 
     def _subsample(self, data):
         from datasets import DatasetDict
@@ -168,7 +212,8 @@ class StageWork:
         model, tokenizer = self.load_model()
         train, evaluation = self.train_eval_splits(args)
         common = {"model": model, "args": args, "processing_class": tokenizer, "peft_config": self.lora_config(model)}
-        if self.trunk_cache("train", train, model, tokenizer) is not None:  # DynamicPOTrainer(loss_type=["sft"])
+        cache = self.trunk_cache("train", train, model, tokenizer)
+        if cache is not None or self.recipe.model.item_tokens:  # DynamicPOTrainer(loss_type=["sft"])
             trainer = DynamicPOTrainer(train_dataset=train, **common)
         else:  # rows carry `labels` (-100 on the prompt); long prompts lose their beginning, not their end
             separator, max_length, args.max_length = self.recipe.data.completion_separator, args.max_length, None
@@ -195,6 +240,10 @@ class StageWork:
         # The trainer keeps a frozen copy of the SFT adapter as the reference model (the SFT model, as in the papers).
         if adapter is not None:
             model, peft_config = PeftModel.from_pretrained(base, adapter, is_trainable=True), None
+            if self.recipe.model.item_tokens:
+                from trl_dynamicpo.item_tokens import load_item_tokens
+
+                load_item_tokens(model, adapter)  # SFT's projector: preference optimization goes on from it
         else:
             if self.is_main:
                 print("    no SFT adapter: training a fresh LoRA adapter; the reference is the base model")
@@ -261,6 +310,10 @@ class StageWork:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+            if self.recipe.model.item_tokens:
+                from trl_dynamicpo.item_tokens import load_item_tokens
+
+                load_item_tokens(model, adapter)
         if not self.recipe.model.load_in_4bit:
             model.to(self.state.device)
         settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationConfig) if f.init}
@@ -270,12 +323,16 @@ class StageWork:
         if "ranking" in config.protocols:  # the trunk states of exactly the rows the ranking protocol scores
             count = config.max_samples_for("ranking") or len(test)
             rows = test.select(range(min(count, len(test))))
-            cache = self.trunk_cache("test", rows, model, tokenizer, max_prompt_length=config.max_prompt_length)
+            name = "test" if adapter is None or not self.recipe.model.item_tokens else "test-items"  # marked prompts
+            cache = self.trunk_cache(name, rows, model, tokenizer, max_prompt_length=config.max_prompt_length)
         if cfg.bf16 and self.state.device.type == "cpu":
             warn_if_slow_bf16("'evaluation.bf16: true'")
         bf16 = torch.autocast(self.state.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
         with bf16:
-            return evaluate_recommender(model, tokenizer, test, config, item_table=items, trunk_cache=cache)
+            item_tokens = self.item_tokens(model) if adapter is not None else None
+            return evaluate_recommender(
+                model, tokenizer, test, config, item_table=items, trunk_cache=cache, item_tokens=item_tokens
+            )
 
     def stage_publish(self) -> StageRecord:
         from transformers import AutoTokenizer
@@ -290,9 +347,19 @@ class StageWork:
         # earlier run published there, and `DONE.json`, written last, tells a finished folder from a cut one.
         folder = self.stage_dir("publish")
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        from trl_dynamicpo.item_tokens import CONFIG_FILE, ITEM_TABLE_FILE, WEIGHTS_FILE
+
+        for name in (
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "adapter_model.bin",
+            CONFIG_FILE,
+            WEIGHTS_FILE,
+        ):
             if (adapter_dir / name).is_file():
                 shutil.copy2(adapter_dir / name, folder / name)
+        if (adapter_dir / CONFIG_FILE).is_file():  # hybrid item tokens: the table travels with the projector
+            shutil.copy2(self.stage_dir("data") / ITEM_TABLE_FILE, folder / ITEM_TABLE_FILE)
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(folder))
         evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json") or {}
         eval_results = {
@@ -350,7 +417,24 @@ class StageWork:
             "lora_dropout": model.lora_dropout,
             "lora_target_modules": model.lora_target_modules,
             "max_length": pref.max_length,
+            "item_vectors": self._item_tokens_note(trained),  # a key without "token": the card drops those
         }
+
+    def _item_tokens_note(self, trained: str) -> str | None:
+        """What a hybrid model needs at inference (the teacher and its table), for the card; None without."""
+        import json
+
+        from trl_dynamicpo.item_tokens import CONFIG_FILE, ITEM_TABLE_FILE
+
+        path = self.stage_dir(trained) / CONFIG_FILE
+        if not path.is_file():
+            return None
+        config = json.loads(path.read_text(encoding="utf-8"))
+        teacher = (self.recipe.data.build_options or {}).get("teacher") or "the dataset's"
+        return (
+            f"{config['features']!r} vectors of the {teacher} teacher's {ITEM_TABLE_FILE} (shipped with the adapter; "
+            f"{config['in_dim']} features -> layer {config['layer']}, after each title, marker {config['item_token']!r})"
+        )
 
 
 def _check_columns(data, cfg) -> None:

@@ -500,6 +500,68 @@ def test_trunk_cache_run_trains_the_top_layer_and_scores_like_the_full_model(tin
     assert torch.is_grad_enabled()
 
 
+def test_item_tokens_run_trains_the_projector_and_publishes_it_with_the_table(tiny_world, tmp_path):
+    """`model.item_tokens` on a teacher build, with the trunk cache: SFT creates the projector, preference
+    optimization trains it further, the evaluation injects it, and `final/` holds the projector, the teacher's table
+    and a card naming them; the loaded model scores the test rows as the run recorded."""
+    import numpy as np
+    from datasets import load_from_disk
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from trl_dynamicpo.evaluation import evaluate_recommender
+    from trl_dynamicpo.hub import load_recommender
+    from trl_dynamicpo.item_tokens import ItemEmbeddingTable, ItemTokens, get_item_tokens
+
+    root, _, model_dir = tiny_world
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<item>"]})  # a reserved token, as SmolLM2 has
+    make_tiny_model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    shutil.copytree(root / "raw", tmp_path / "raw")
+    teacher = {"teacher": "sasrec", "teacher_args": {"hidden_size": 8, "max_len": 4, "max_epochs": 2}}
+    path = tiny_recipe(
+        tmp_path,
+        tmp_path / "model",
+        model={"trainable_layers": 1, "item_tokens": True, "item_features": "item+state"},
+        data={"build_options": {**BUILD_OPTIONS, **teacher}},
+        trunk_cache={"enabled": True},
+        evaluation={"models": ["sft", "final"]},
+    )
+    assert main([str(path)]) == 0
+    out = tmp_path / "out"
+    final = out / "final"
+    assert {"item_tokens.json", "item_tokens.safetensors", "item_embeddings.parquet"} <= {
+        p.name for p in final.iterdir()
+    }
+    # The projector's output layer starts at zero (a no-op); SFT and preference optimization moved it, each further.
+    sft_weights, final_weights = (load_file(str(out / s / "item_tokens.safetensors")) for s in ("sft", "preference"))
+    output = max(k for k in final_weights if k.endswith("weight"))
+    assert sft_weights[output].abs().sum() > 0 and not np.allclose(sft_weights[output], final_weights[output])
+    card = (final / "README.md").read_text()
+    assert "item_embeddings.parquet" in card and "'item+state'" in card
+    model, loaded_tokenizer = load_recommender(final, base_model=str(tmp_path / "model"))
+    assert get_item_tokens(model).config["features"] == "item+state"
+    test = load_from_disk(str(out / "data" / "dataset"))["test"]
+    tokens = ItemTokens.for_model(model, ItemEmbeddingTable.from_folder(final))
+    full = evaluate_recommender(
+        model, loaded_tokenizer, test, protocols=["ranking"], max_samples=4, show_progress=False, item_tokens=tokens
+    )
+    recorded = json.loads((out / "evaluate" / "eval_results.json").read_text())["final"]
+    for key in ("ranking/hr@1", "ranking/mrr", "ranking/ndcg@10"):
+        assert recorded[key] == pytest.approx(full[key], abs=1e-6), key
+    plain = evaluate_recommender(model, loaded_tokenizer, test, protocols=["ranking"], max_samples=4)
+    assert plain["ranking/mrr"] != pytest.approx(full["ranking/mrr"], abs=1e-9)  # the vectors change the scores
+
+
+def test_item_tokens_need_a_teacher_build(tiny_world, tmp_path):
+    root, _, model_dir = tiny_world
+    shutil.copytree(root / "raw", tmp_path / "raw")
+    path = tiny_recipe(tmp_path, model_dir, model={"item_tokens": True}, stages=["data"])
+    with pytest.raises(FileNotFoundError, match="teacher"):
+        main([str(path)])
+
+
 def test_trunk_cache_needs_trainable_layers(tmp_path):
     path = tiny_recipe(tmp_path, tmp_path, trunk_cache={"enabled": True})
     with pytest.raises(RecipeError, match="model.trainable_layers"):
