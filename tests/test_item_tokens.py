@@ -19,6 +19,7 @@ from trl_dynamicpo.item_tokens import (
     ItemTokens,
     attach_item_tokens,
     get_item_tokens,
+    injecting,
     item_token_id,
     load_item_tokens,
     mark_items,
@@ -328,3 +329,73 @@ def test_evaluate_recommender_scores_and_generates_with_the_item_vectors(tokeniz
     without_states = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
     with pytest.raises(ValueError, match="embedding"):
         evaluate_recommender(model, tokenizer, without_states, item_tokens=tokens, bootstrap_resamples=0)
+
+
+def test_curriculum_rows_without_vectors_score_like_the_text_only_prompt(tokenizer, table):
+    """`item_weight` 0 on a row: its markers stay in the prompt but receive no vector (a zero projector's scores);
+    1: the full vectors."""
+    from trl_dynamicpo.data import tokenize_prompt_answers
+    from trl_dynamicpo.packing import answer_logps, pack_answers
+
+    model = _model(tokenizer)
+    projector = attach_item_tokens(model, _projector(tokenizer, layer=2))
+    tokens = ItemTokens.for_model(model, table)
+
+    def logps(weights):
+        prompts, titles = tokens.mark([r["prompt"] for r in ROWS])
+        ids = [tokenize_prompt_answers(tokenizer, p, r["candidates"]) for p, r in zip(prompts, ROWS)]
+        batch = pack_answers([i[0] for i in ids], [i[1] for i in ids], pad_token_id=tokenizer.pad_token_id)
+        rows = [{"prompt_ids": i[0], "item_titles": t} for i, t in zip(ids, titles)]
+        batch["item_features"], batch["item_mask"] = tokens.batch_features(rows)
+        if weights is not None:
+            batch["item_weight"] = torch.tensor(weights)
+        with torch.no_grad(), injecting(model, batch):
+            return answer_logps(model.eval(), batch)
+
+    full, mixed = logps(None), logps([1.0, 0.0])
+    torch.testing.assert_close(mixed[0], full[0])
+    projector.net[2].weight.data.zero_()
+    projector.net[2].bias.data.zero_()
+    torch.testing.assert_close(mixed[1], logps(None)[1])  # row 1 as with no vectors at all
+    assert not torch.allclose(full[1], mixed[1], atol=1e-4)
+
+
+def test_curriculum_share_rises_and_only_adds_rows(tokenizer, table, tmp_path):
+    from trl_dynamicpo.packing import DataCollatorForMultiNegativePreference
+
+    collator = DataCollatorForMultiNegativePreference(pad_token_id=0, seed=3)
+    draws = [collator.row_draw(i) for i in range(200)]
+    assert draws == [collator.row_draw(i) for i in range(200)]  # fixed per row
+    kept = {share: {i for i, u in enumerate(draws) if u < share} for share in (0.0, 0.3, 0.6, 1.0)}
+    assert kept[0.0] == set() and kept[1.0] == set(range(200))
+    assert kept[0.3] < kept[0.6] and 40 < len(kept[0.3]) < 80  # rows join, none leaves
+
+    folder = _write_table(tmp_path / "data", table)
+    args = tiny_config(tmp_path, loss_type=["dmpo"], num_negatives=2, max_steps=6, learning_rate=1e-2)
+    args.item_embeddings, args.item_token, args.item_token_curriculum = str(folder), "<item>", 0.5
+    trainer = DynamicPOTrainer(
+        _model(tokenizer),
+        args=args,
+        train_dataset=Dataset.from_list(ROWS * 4),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=LORA_TARGETS, layers_to_transform=[2, 3]),
+    )
+    seen = []
+    original = trainer.data_collator.torch_call
+
+    def recording(examples):
+        seen.append(trainer.data_collator.item_share)
+        return original(examples)
+
+    trainer.data_collator.torch_call = recording
+    trainer.train()
+    # 6 steps, ramp over the first half (3 steps): the share after k steps is k / 3. The data loader collates a batch
+    # ahead of its step, so which share a batch sees lags by up to a step; the shares rise from 0 and reach 1.
+    assert seen[0] == 0.0 and seen == sorted(seen) and seen[-1] == 1.0
+    assert {round(3 * share, 9) for share in seen} <= {0, 1, 2, 3} and len(set(seen)) >= 3
+    assert trainer.data_collator.item_share == 1.0
+
+
+def test_curriculum_fraction_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="item_token_curriculum"):
+        tiny_config(tmp_path, item_token_curriculum=1.5)

@@ -90,6 +90,10 @@ class DynamicPOConfig(DPOConfig):
             Hidden width of the projector MLP (default: the LM's hidden size).
         item_feature_dropout (`float`, *optional*, defaults to `0.0`):
             Dropout on the teacher's vectors while training.
+        item_token_curriculum (`float`, *optional*, defaults to `0.0`):
+            LLaRA's curriculum: over this fraction of the training steps, the share of rows whose item tokens receive
+            their vectors rises linearly from 0 to 1 (the other rows keep the markers without vectors: the text-only
+            prompt). 0 gives every row its vectors from the first step.
     """
 
     _VALID_DICT_FIELDS = DPOConfig._VALID_DICT_FIELDS
@@ -249,6 +253,13 @@ class DynamicPOConfig(DPOConfig):
     item_feature_dropout: float = field(
         default=0.0, metadata={"help": "Dropout on the teacher's vectors while training (0 = off)."}
     )
+    item_token_curriculum: float = field(
+        default=0.0,
+        metadata={
+            "help": "LLaRA's curriculum: the share of rows whose item tokens get their vectors rises linearly from 0 "
+            "to 1 over this fraction of the training steps (0 = all rows from the start)."
+        },
+    )
 
     def __post_init__(self):
         if use_cpu():
@@ -295,6 +306,8 @@ class DynamicPOConfig(DPOConfig):
             )
         if not 0.0 <= self.item_feature_dropout < 1.0:
             raise ValueError(f"`item_feature_dropout` must lie in [0, 1), got {self.item_feature_dropout}.")
+        if not 0.0 <= self.item_token_curriculum <= 1.0:  # NaN fails both comparisons
+            raise ValueError(f"`item_token_curriculum` must lie in [0, 1], got {self.item_token_curriculum}.")
         # Numbers that would train silently wrong (a negative β trains backwards while `rewards/accuracies` reads 1.0;
         # NaN turns the weights to NaN; an EMA decay >= 1 lets NAPO's margin drift): refuse them here, by name.
         if not (math.isfinite(self.beta) and self.beta > 0):

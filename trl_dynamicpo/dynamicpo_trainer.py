@@ -83,6 +83,29 @@ class _NegativeResamplingCallback(TrainerCallback):
         self.collator.epoch = math.floor((state.epoch or 0.0) + 1e-9)
 
 
+class _ItemCurriculumCallback(TrainerCallback):
+    """LLaRA's curriculum for hybrid item tokens: the collator's share of rows whose item tokens get their vectors
+    rises linearly from 0 to 1 over the first `fraction` of the training steps."""
+
+    def __init__(self, collator, fraction: float):
+        self.collator, self.fraction = collator, fraction
+
+    def _update(self, state) -> None:
+        # The share after `global_step` steps. The data loader collates one batch ahead, so a batch trains with the
+        # share of one step earlier: a lag of a step on a ramp of many.
+        ramp = self.fraction * max(state.max_steps, 1)
+        self.collator.item_share = min(1.0, state.global_step / ramp)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._update(state)  # 0 on a fresh run; a resumed run continues where it stopped
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._update(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.collator.item_share = 1.0  # evaluation after training sees every vector
+
+
 class DynamicPOTrainer(DPOTrainer):
     """
     Trainer for multi-negative preference optimization of LLM recommenders: DPO averaged over negatives, S-DPO, DMPO,
@@ -229,6 +252,8 @@ class DynamicPOTrainer(DPOTrainer):
         )
         if isinstance(self.data_collator, DataCollatorForMultiNegativePreference):
             self.add_callback(_NegativeResamplingCallback(self.data_collator))
+            if self.item_tokens is not None and args.item_token_curriculum > 0:
+                self.add_callback(_ItemCurriculumCallback(self.data_collator, args.item_token_curriculum))
         projector = get_item_tokens(self.model)
         if projector is not None:
             projector.requires_grad_(True)  # PEFT froze every parameter outside its adapters

@@ -309,12 +309,14 @@ class ItemTokenProjector(nn.Module):
     def _inject(self, module, args, kwargs):
         if self._pending is None:
             return None
-        batch_index, positions, features, shape = self._pending
+        batch_index, positions, features, shape, weights = self._pending
         hidden = args[0] if args else kwargs["hidden_states"]
         if tuple(hidden.shape[:2]) != shape:
             # Generation's decoding steps (one new token): the markers were all in the prompt's prefill.
             return None
         delta = self(features.to(device=hidden.device, dtype=next(self.parameters()).dtype)).to(hidden.dtype)
+        if weights is not None:  # the curriculum's text-only rows: markers without vectors
+            delta = delta * weights.to(device=hidden.device, dtype=hidden.dtype)[:, None]
         hidden = hidden.index_put((batch_index.to(hidden.device), positions.to(hidden.device)), delta, accumulate=True)
         if args:
             return (hidden, *args[1:]), kwargs
@@ -373,7 +375,8 @@ def injecting(model, batch: dict[str, Any], sequence_rows: torch.Tensor | None =
     Args:
         model: A model with an attached [`ItemTokenProjector`] (else a no-op).
         batch (`dict`): `input_ids`, `item_features` (`[B, M, F]`), `item_mask` (`[B, M]`) and either `segment_ids`
-            (packed: the prompt is segment 0) or `labels` + `attention_mask` (one sequence per answer).
+            (packed: the prompt is segment 0) or `labels` + `attention_mask` (one sequence per answer); optionally
+            `item_weight` (`[B]`, each row's factor on its vectors: 0 for the curriculum's text-only rows).
         sequence_rows (`torch.Tensor`, *optional*): For one-sequence-per-answer batches, the row of each sequence.
     """
     projector = get_item_tokens(model)
@@ -392,7 +395,10 @@ def injecting(model, batch: dict[str, Any], sequence_rows: torch.Tensor | None =
         prompt_mask = (batch["labels"] == -100) & batch["attention_mask"].bool()
     rows, positions = marker_positions(input_ids, prompt_mask, projector.item_token_id, feature_mask)
     flat = features[feature_mask.to(features.device)]  # row-major: the markers' order within each row
-    projector._pending = (rows, positions, flat, tuple(input_ids.shape[:2]))
+    weights = batch.get("item_weight")
+    if weights is not None:
+        weights = (weights[sequence_rows] if sequence_rows is not None else weights)[rows.to(weights.device)]
+    projector._pending = (rows, positions, flat, tuple(input_ids.shape[:2]), weights)
     # Under gradient checkpointing the layer runs again during backward and must add the same vectors: the trainer
     # clears them after its backward pass instead.
     keep = torch.is_grad_enabled() and getattr(decoder_of(model), "gradient_checkpointing", False)

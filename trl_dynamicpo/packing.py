@@ -33,6 +33,8 @@ _VOCAB_CHUNK = 32768
 # temporary is hundreds of MB (fresh pages from the OS each time), which made the LM head 2x slower forward and 4.5x
 # slower forward + backward than 1k-wide tiles on a CPU (benchmarks/lm_head.py).
 _CPU_VOCAB_CHUNK = 1024
+# Seed stream of the item-token curriculum's per-row draws (apart from the negatives' (seed, epoch, row) stream).
+_CURRICULUM_STREAM = 0x17E4
 
 
 def _pad_to(length: int, multiple: int | None) -> int:
@@ -377,6 +379,9 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
         item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*):
             Hybrid item tokens: rows carry `item_titles` (their marked titles) and the batch gets `item_features`
             `[B, M, F]` and `item_mask` `[B, M]`, aligned with the item tokens left in `prompt_ids`.
+        item_share (`float`, *optional*, defaults to `1.0`):
+            Share of rows whose item tokens get their vectors (the curriculum of `item_token_curriculum`): a row gets
+            them when its seeded uniform draw is below the share, so that a rising share only adds rows.
 
     Returns a batch from [`pack_answers`] plus `negative_mask` (`[B, K]`), `row_index`, and when present in the rows
     `ref_logps` (`[B, 1 + K]`, from precomputed `ref_chosen_logps`/`ref_rejected_logps`), `rejected_scores` (`[B, K]`)
@@ -400,6 +405,7 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
     defer_packing: bool = False
     trunk_cache: Any = None
     item_tokens: Any = None
+    item_share: float = 1.0
     return_tensors: str = "pt"
     epoch: int = field(default=0, repr=False)
 
@@ -450,4 +456,11 @@ class DataCollatorForMultiNegativePreference(DataCollatorMixin):
             batch["embedding"] = torch.tensor([ex["embedding"] for ex in examples], dtype=torch.float32)
         if self.item_tokens is not None:
             batch["item_features"], batch["item_mask"] = self.item_tokens.batch_features(examples)
+            if self.item_share < 1.0:
+                keep = [self.row_draw(int(i)) < self.item_share for i in batch["row_index"].tolist()]
+                batch["item_weight"] = torch.tensor(keep, dtype=torch.float32)
         return batch
+
+    def row_draw(self, row_index: int) -> float:
+        """The row's fixed uniform draw of the item-token curriculum (the same in every epoch)."""
+        return float(np.random.default_rng((self.seed, row_index, _CURRICULUM_STREAM)).random())
