@@ -1,4 +1,5 @@
-"""Fusion with the teacher in the quality study's report (`benchmarks/quality_report.py`), on hand-built scores."""
+"""The quality study's hybrid-token reports: fusion with the teacher (`benchmarks/quality_report.py`) and the stacking-leak
+check (`benchmarks/hybrid_leak.py`), on hand-built scores."""
 
 import numpy as np
 import pytest
@@ -38,3 +39,23 @@ def test_fusion_with_zero_weight_is_the_model_itself(quality_report):
 
     best, sweep = quality_report.fusion_sweep(scores, teacher, targets, [0.0])
     assert best == 0.0 and sweep[0.0].tolist() == target_ranks(scores, targets).tolist()
+
+
+@pytest.fixture(scope="module")
+def hybrid_leak():
+    return import_benchmark("hybrid_leak")
+
+
+def test_teacher_ranks_break_ties_by_prompt_order(hybrid_leak):
+    ranks = hybrid_leak.teacher_ranks([[0.2, 0.9, 0.5], [0.4, 0.4]], [2, 1])
+    assert ranks.tolist() == [2, 2]  # row 1: the tie goes to the earlier candidate
+
+
+def test_gap_block_is_train_minus_validation(hybrid_leak):
+    train = np.array([1, 1, 1, 2])  # HR@1 0.75
+    valid = np.array([1, 2, 3, 2, 1, 4, 5, 6])  # HR@1 0.25
+    block = hybrid_leak.gap_block(train, valid, resamples=500, seed=0)
+    assert block["train"]["hr@1"] == 0.75 and block["validation"]["hr@1"] == 0.25
+    assert block["gap"] == pytest.approx(0.5)
+    low, high = block["gap_ci"]
+    assert -0.5 <= low < 0.5 < high <= 1.0
