@@ -270,25 +270,32 @@ class RecipeRun(StageWork):
         print(f"\nRun summary: {path}")
         evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json")
         if evaluation and any(r.stage == "evaluate" and r.status in ("ran", "reused") for r in self.records):
-            print("\n" + closing_lines(evaluation, {n: d for n, d, _ in self.evaluated_models()}, self.run_slice()))
+            names = {n: d for n, d, _ in self.evaluated_models()}
+            print("\n" + closing_lines(evaluation, names, run_slice(self.recipe, self.records)))
 
-    def run_slice(self) -> dict:
-        """What the closing lines say about the run's data: training rows, history items and candidates per prompt."""
-        from dataset_builders.config import BuildConfig
 
-        data = self.recipe.data
-        record = next((r for r in self.records if r.stage == "data"), None)
-        rows = (record.metrics.get("train_rows") if record else None) or data.max_train_rows
-        if data.dataset_name is None:  # a built dataset: its build options are not the recipe's
-            return {"train_rows": rows}
-        options = {f.name: f.default for f in dataclasses.fields(BuildConfig)} | dict(data.build_options)
-        return {"train_rows": rows, "history": options.get("max_history"), "candidates": options.get("num_candidates")}
+def run_slice(recipe: RecipeArguments, records: list[StageRecord]) -> dict:
+    """What the closing lines say about a run's data: training rows, history items and candidates per prompt."""
+    from dataset_builders.config import BuildConfig
+
+    data = recipe.data
+    record = next((r for r in records if r.stage == "data"), None)
+    rows = (record.metrics.get("train_rows") if record else None) or data.max_train_rows
+    if data.dataset_name is None:  # a built dataset: its build options are not the recipe's
+        return {"train_rows": rows, "subsampled": data.max_train_rows is not None}
+    options = {f.name: f.default for f in dataclasses.fields(BuildConfig)} | dict(data.build_options)
+    return {
+        "train_rows": rows,
+        "subsampled": data.max_train_rows is not None,
+        "history": options.get("max_history"),
+        "candidates": options.get("num_candidates"),
+    }
 
 
 QUALITY_STUDY = "docs/quality_study.md"  # where the full result lives; the closing lines point there
 
 
-def closing_lines(evaluation: dict, names: dict[str, str], run_slice: dict) -> str:
+def closing_lines(evaluation: dict, names: dict[str, str], data_slice: dict) -> str:
     """The last lines a run prints: every evaluated model's HR@1 next to the baselines (95% intervals), then what they
     show, in words a newcomer can read: the slice of data the run used, whether the preference stage improved on SFT
     (with the intervals), where the run stands against popularity, and where the full result is.
@@ -296,7 +303,8 @@ def closing_lines(evaluation: dict, names: dict[str, str], run_slice: dict) -> s
     Args:
         evaluation (`dict`): model name -> flat results of `evaluate_recommender` (`evaluate/eval_results.json`).
         names (`dict`): model name -> display name, in column order (`sft` -> "SFT", `final` -> "DynamicPO").
-        run_slice (`dict`): `train_rows`, and when known `history` and `candidates` (per prompt).
+        data_slice (`dict`): [`run_slice`]: `train_rows`, `subsampled` (`data.max_train_rows` is set), and when
+            known `history` and `candidates` (per prompt).
     """
     table = format_comparison_table(evaluation, names).splitlines()
     lines = [line for line in table if line.startswith("HR@1 (")]
@@ -309,16 +317,15 @@ def closing_lines(evaluation: dict, names: dict[str, str], run_slice: dict) -> s
         "",
         "How to read it: HR@1 is the share of test prompts whose top-ranked candidate is the item the user chose next.",
     ]
-    rows, history, candidates = (run_slice.get(k) for k in ("train_rows", "history", "candidates"))
+    rows, history, candidates = (data_slice.get(k) for k in ("train_rows", "history", "candidates"))
     facts = [f"{rows:,} training rows" if rows else "the full training split"]
     facts += [
         f"{history} history items" if history else None,
         f"{candidates} candidates per prompt" if candidates else None,
     ]
     random_note = f" (a random pick is right 1 time in {candidates})" if candidates else ""
-    lines.append(
-        f"- This run is a small slice, sized for minutes of CPU: {', '.join(f for f in facts if f)}{random_note}, {count} test prompts."
-    )
+    what = "This run is a small slice, sized for minutes of CPU" if data_slice.get("subsampled") else "This run"
+    lines.append(f"- {what}: {', '.join(f for f in facts if f)}{random_note}, {count} test prompts.")
     name = names.get("final", "the preference model")
     if "ranking/hr@1" in sft:
         diff = final["ranking/hr@1"] - sft["ranking/hr@1"]
