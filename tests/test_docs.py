@@ -219,6 +219,18 @@ def test_closing_lines_read_the_numbers():
     assert "preference stage" not in text and "Popularity" not in text and text.endswith("docs/quality_study.md")
 
 
+def test_closing_lines_of_a_full_split_run_do_not_call_it_a_slice():
+    from recipes.recipe_config import load_recipe, parse_overrides
+    from recipes.run import closing_lines, run_slice
+    from recipes.stage_folders import StageRecord
+
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", parse_overrides(["--data.max_train_rows", "null"]))
+    data_slice = run_slice(recipe, [StageRecord("data", "reused", metrics={"train_rows": 77729})])
+    assert data_slice == {"train_rows": 77729, "subsampled": False, "history": 5, "candidates": 10}
+    text = closing_lines(QUICKSTART_RESULTS, {"sft": "SFT", "final": "DynamicPO"}, data_slice)
+    assert "- This run: 77,729 training rows, 5 history items, 10 candidates per prompt" in text
+
+
 # ---------------------------------------------------------------------------------------------- results table
 def test_readme_results_table_is_what_the_committed_ranks_give():
     """Every interval of the README's results table, recomputed from benchmarks/results/ml100k-cpu-final3."""
