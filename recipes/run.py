@@ -267,10 +267,94 @@ class RecipeRun(StageWork):
             },
         )
         print("\n" + summary_table(self.records))
-        evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json")
-        if evaluation and any(r.stage == "evaluate" and r.status == "reused" for r in self.records):
-            print(format_comparison_table(evaluation, {n: d for n, d, _ in self.evaluated_models()}))
         print(f"\nRun summary: {path}")
+        evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json")
+        if evaluation and any(r.stage == "evaluate" and r.status in ("ran", "reused") for r in self.records):
+            names = {n: d for n, d, _ in self.evaluated_models()}
+            print("\n" + closing_lines(evaluation, names, run_slice(self.recipe, self.records)))
+
+
+def run_slice(recipe: RecipeArguments, records: list[StageRecord]) -> dict:
+    """What the closing lines say about a run's data: training rows, history items and candidates per prompt."""
+    from dataset_builders.config import BuildConfig
+
+    data = recipe.data
+    record = next((r for r in records if r.stage == "data"), None)
+    rows = (record.metrics.get("train_rows") if record else None) or data.max_train_rows
+    if data.dataset_name is None:  # a built dataset: its build options are not the recipe's
+        return {"train_rows": rows, "subsampled": data.max_train_rows is not None}
+    options = {f.name: f.default for f in dataclasses.fields(BuildConfig)} | dict(data.build_options)
+    return {
+        "train_rows": rows,
+        "subsampled": data.max_train_rows is not None,
+        "history": options.get("max_history"),
+        "candidates": options.get("num_candidates"),
+    }
+
+
+QUALITY_STUDY = "docs/quality_study.md"  # where the full result lives; the closing lines point there
+
+
+def closing_lines(evaluation: dict, names: dict[str, str], data_slice: dict) -> str:
+    """The last lines a run prints: every evaluated model's HR@1 next to the baselines (95% intervals), then what they
+    show, in words a newcomer can read: the slice of data the run used, whether the preference stage improved on SFT
+    (with the intervals), where the run stands against popularity, and where the full result is.
+
+    Args:
+        evaluation (`dict`): model name -> flat results of `evaluate_recommender` (`evaluate/eval_results.json`).
+        names (`dict`): model name -> display name, in column order (`sft` -> "SFT", `final` -> "DynamicPO").
+        data_slice (`dict`): [`run_slice`]: `train_rows`, `subsampled` (`data.max_train_rows` is set), and when
+            known `history` and `candidates` (per prompt).
+    """
+    table = format_comparison_table(evaluation, names).splitlines()
+    lines = [line for line in table if line.startswith("HR@1 (")]
+    sft, final = evaluation.get("sft", {}), evaluation.get("final", {})
+    if "ranking/hr@1" not in final:
+        return "\n".join(lines)
+    count = final.get("ranking/num_samples", final.get("num_samples"))
+    ci = final.get("ranking/hr@1_ci")
+    lines += [
+        "",
+        "How to read it: HR@1 is the share of test prompts whose top-ranked candidate is the item the user chose next.",
+    ]
+    rows, history, candidates = (data_slice.get(k) for k in ("train_rows", "history", "candidates"))
+    facts = [f"{rows:,} training rows" if rows else "the full training split"]
+    facts += [
+        f"{history} history items" if history else None,
+        f"{candidates} candidates per prompt" if candidates else None,
+    ]
+    random_note = f" (a random pick is right 1 time in {candidates})" if candidates else ""
+    what = "This run is a small slice, sized for minutes of CPU" if data_slice.get("subsampled") else "This run"
+    lines.append(f"- {what}: {', '.join(f for f in facts if f)}{random_note}, {count} test prompts.")
+    name = names.get("final", "the preference model")
+    if "ranking/hr@1" in sft:
+        diff = final["ranking/hr@1"] - sft["ranking/hr@1"]
+        sft_ci = sft.get("ranking/hr@1_ci")
+        line = (
+            f"- The preference stage moved HR@1 from {sft['ranking/hr@1']:.3f} (SFT, the model it started from) to "
+            f"{final['ranking/hr@1']:.3f} ({name}): {diff:+.3f}"
+        )
+        if ci and sft_ci:
+            apart = ci[0] > sft_ci[1] or ci[1] < sft_ci[0]
+            line += f"; the 95% intervals, [{sft_ci[0]:.3f}, {sft_ci[1]:.3f}] and [{ci[0]:.3f}, {ci[1]:.3f}], " + (
+                "do not overlap." if apart else f"overlap, so on {count} prompts it is a trend, not a proof."
+            )
+        lines.append(line + ("" if line.endswith(".") else "."))
+    popularity, pop_ci = final.get("baseline_popularity/hr@1"), final.get("baseline_popularity/hr@1_ci")
+    if popularity is None:
+        popularity, pop_ci = sft.get("baseline_popularity/hr@1"), sft.get("baseline_popularity/hr@1_ci")
+    if popularity is not None and ci and pop_ci:
+        if ci[1] < pop_ci[0]:
+            reason = f": {rows:,} rows are too few to learn what popularity knows." if rows else "."
+            lines.append(f"- Popularity ({popularity:.3f}) is ahead on this slice{reason}")
+        elif ci[0] > pop_ci[1]:
+            lines.append(f"- {name} is above popularity ({popularity:.3f}) on these prompts.")
+        else:
+            lines.append(f"- {name} is level with popularity ({popularity:.3f}) within the intervals.")
+    lines.append(
+        f"- The full result, DynamicPO above popularity on 1,000 test prompts (4,096 rows, 20 candidates): {QUALITY_STUDY}"
+    )
+    return "\n".join(lines)
 
 
 def summary_table(records: list[StageRecord]) -> str:

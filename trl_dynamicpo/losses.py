@@ -429,7 +429,7 @@ def napo_margin(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The loss registry: one place that the config, the trainer, the model cards, the recipes and the README read
+# The loss registry: one place that the config, the trainer, the model cards, the recipes and docs/training.md read
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LossSpec:
@@ -438,7 +438,7 @@ class LossSpec:
     Args:
         name (`str`): The `loss_type` value.
         display_name (`str`): Name in tables and cards ("S-DPO").
-        description (`str`): The objective in one sentence (model cards, the README's loss table).
+        description (`str`): The objective in one sentence (model cards, the loss table of docs/training.md).
         citations (`tuple[str, ...]`): BibTeX keys of [`trl_dynamicpo.model_card.CITATIONS`] a model trained with it cites.
         form (`str`): The objective computed (`"dynamicpo"` is DMPO with both plug-ins).
         function (`Callable` or `None`): The pure loss function of `form` (`None` for `"sft"`, which has its own
