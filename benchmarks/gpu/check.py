@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -541,6 +542,9 @@ def main(argv=None) -> dict:
         help="Measure the FlexAttention fix: where packed is below the target at the largest K (auto), or always.",
     )
     args = parser.parse_args(argv)
+    # `timeout` (check.sh) stops this process with SIGTERM: exiting through SystemExit lets `subprocess.run` kill the
+    # running worker too, instead of leaving it running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # Nothing is downloaded: without these, the trainer's Hub look-ups wait for network timeouts (a minute each on a
     # machine that reaches no registry, which the device machine is).
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
