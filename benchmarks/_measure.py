@@ -69,8 +69,9 @@ def _titles(tokenizer, count: int, seed: int) -> list[str]:
 def _history_prompt(tokenizer, history: list[str], prompt_tokens: int, end: str = _PROMPT_END) -> str:
     """A recommendation prompt of about `prompt_tokens` tokens: watched titles, then `end`."""
     prompt = _PROMPT_START
+    room = prompt_tokens - len(tokenizer(" " + end, add_special_tokens=False)["input_ids"])
     i = 0
-    while len(tokenizer(prompt)["input_ids"]) < prompt_tokens - 12 and i < len(history):
+    while len(tokenizer(prompt)["input_ids"]) < room and i < len(history):
         prompt += f" {history[i]},"
         i += 1
     return f"{prompt} {end}"
