@@ -521,6 +521,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _safe_markdown(report: dict) -> str:
+    """`markdown(report)`, or the reason it failed: a table that cannot be written must not lose check.json."""
+    try:
+        return markdown(report)
+    except Exception:  # noqa: BLE001
+        return f"# GPU check\n\nThe table could not be written (the numbers are in check.json):\n\n```\n{traceback.format_exc()}```\n"
+
+
 def _versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface-hub", "pyarrow"):
@@ -605,9 +613,9 @@ def main(argv=None) -> dict:
         report["parts"][name] = result
         report["meta"]["seconds"] = time.time() - start
         (args.out_dir / "check.json").write_text(json.dumps(report, indent=1, default=str))
-        (args.out_dir / "check.md").write_text(markdown(report))
+        (args.out_dir / "check.md").write_text(_safe_markdown(report))
         print(f"[check] {name}: {result['status']} in {result['seconds']:.0f} s", flush=True)
-    print(markdown(report))
+    print(_safe_markdown(report))
     return report
 
 
