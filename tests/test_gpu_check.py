@@ -25,7 +25,7 @@ def test_gpu_check_dry_run_reports_every_part(tmp_path):
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=900,  # ~40 s on 2 idle cores; far longer when the CPU is shared with other jobs
+        timeout=900,  # ~35 s of CPU time; 6 minutes of wall time on 2 cores shared with 10 other jobs
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "check.json").read_text())
