@@ -20,15 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from _measure import time_protocols
 
 from trl_dynamicpo.evaluation import (
     baseline_metrics,
-    generate_answers,
     generation_metrics,
     match_candidates,
     ranking_metrics,
-    score_candidates,
     target_indices,
 )
 
@@ -110,45 +108,17 @@ def main():
     prompt_tokens = np.mean([len(tokenizer(r["prompt"])["input_ids"]) for r in rows])
     title_tokens = np.mean([len(tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in candidates[0]])
 
-    # Untimed warm-up of both code paths (fused-head patching, allocator, first-call overheads).
-    generate_answers(model, tokenizer, prompts[:1], max_new_tokens=2, show_progress=False)
-    score_candidates(model, tokenizer, prompts[:1], candidates[:1], show_progress=False)
-
-    # The CPU is shared with other jobs, so the load drifts: time the two protocols alternately on chunks of prompts
-    # (and swap which one goes first) so that both see the same conditions.
-    def run_generation(chunk):
-        return generate_answers(
-            model,
-            tokenizer,
-            [prompts[i] for i in chunk],
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            show_progress=False,
-        )
-
-    def run_ranking(chunk):
-        return score_candidates(
-            model,
-            tokenizer,
-            [prompts[i] for i in chunk],
-            [candidates[i] for i in chunk],
-            batch_size=args.batch_size,
-            score=args.score,
-            show_progress=False,
-        )
-
-    outputs, score_rows = [], []
-    timings = {"generation": 0.0, "ranking": 0.0}
-    chunks = [list(range(i, min(i + args.chunk_size, len(rows)))) for i in range(0, len(rows), args.chunk_size)]
-    for number, chunk in enumerate(tqdm(chunks, desc="chunks")):
-        order = ("generation", "ranking") if number % 2 == 0 else ("ranking", "generation")
-        for protocol in order:
-            start = time.perf_counter()
-            if protocol == "generation":
-                outputs.extend(run_generation(chunk))
-            else:
-                score_rows.extend(run_ranking(chunk).tolist())
-            timings[protocol] += time.perf_counter() - start
+    # Both protocols alternate on chunks of prompts (the CPU is shared, so the load drifts), after a warm-up of each.
+    timings, outputs, score_rows = time_protocols(
+        model,
+        tokenizer,
+        prompts,
+        candidates,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        score=args.score,
+        chunk_size=args.chunk_size,
+    )
     generation_time, ranking_time = timings["generation"], timings["ranking"]
     scores = np.full((len(rows), max(len(c) for c in candidates)), np.nan)
     for i, row in enumerate(score_rows):

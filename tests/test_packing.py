@@ -154,3 +154,31 @@ def test_collator_masks_missing_negatives():
     batch = DataCollatorForMultiNegativePreference(pad_token_id=0, num_negatives=4)(examples)
     assert batch["negative_mask"].sum(dim=1).tolist() == [4, 2, 4]
     assert batch["ref_logps"][1].tolist() == [-2.0, -10.0, -11.0, 0.0, 0.0]
+
+
+def test_packed_block_mask_equals_the_dense_mask():
+    """FlexAttention with the block mask of the packing segments attends exactly where the dense float mask lets SDPA
+    attend (padding queries included), and the packed layout scores answers the same under both."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from trl_dynamicpo.packing import packed_block_mask
+
+    batch = pack_answers(PROMPTS, ANSWERS, pad_token_id=0)
+    segment_ids = batch["segment_ids"]
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(segment_ids.size(0), 2, segment_ids.size(1), 8) for _ in range(3))
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=packed_attention_mask(segment_ids, torch.float32)
+    )
+    with torch.compiler.set_stance("force_eager"):  # eager FlexAttention: no compiler needed on CPU
+        flex = flex_attention(query, key, value, block_mask=packed_block_mask(segment_ids))
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_layout_under_flex_attention_matches_sdpa(tokenizer):
+    model = make_tiny_model(tokenizer, attn_implementation="sdpa")
+    batch = pack_answers(PROMPTS, ANSWERS, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # no backward: FlexAttention has none on CPU
+        expected = answer_logps(model, batch)
+        model.set_attn_implementation("flex_attention")
+        torch.testing.assert_close(answer_logps(model, batch), expected, atol=1e-5, rtol=1e-5)

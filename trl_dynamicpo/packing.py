@@ -173,6 +173,29 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torc
     return mask.unsqueeze(1)
 
 
+def packed_block_mask(segment_ids: torch.Tensor):
+    """The packed mask of [`packed_attention_mask`] as a FlexAttention `BlockMask`, for `attn_implementation=
+    "flex_attention"`.
+
+    SDPA takes the dense float mask only through its memory-efficient or math kernels; FlexAttention reads the same
+    rule from `segment_ids` and skips the fully masked blocks (most of the answer-by-answer blocks), so the mask is
+    never materialized as `[B, 1, L, L]` floats.
+
+    Args:
+        segment_ids (`torch.Tensor`):
+            `[B, L]` segment ids of a packed batch (`-1` padding, `0` shared prefix, `a + 1` for answer `a`).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        seg_q, seg_k = segment_ids[b, q], segment_ids[b, k]
+        allowed = (k <= q) & (seg_q >= 0) & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))
+        return allowed | (q == k)  # a padding query attends itself, as in the dense mask
+
+    num_rows, length = segment_ids.shape
+    return create_block_mask(mask_mod, num_rows, None, length, length, device=segment_ids.device)
+
+
 def _install_answer_head(target) -> None:
     """Patch `target.forward` so that `forward(..., labels=..., answer_lm_head=True)` returns answer log-probs only.
 
@@ -274,10 +297,13 @@ def answer_logps(model, batch: dict[str, Any], return_token_counts: bool = False
         if "flash" in attn_impl:
             raise ValueError(
                 f"The packed layout needs a custom 4D attention mask, which `{attn_impl}` does not take. Use "
-                "`attn_implementation='sdpa'` or `'eager'`, or `layout='concatenated'`."
+                "`attn_implementation='sdpa'`, `'flex_attention'` or `'eager'`, or `layout='concatenated'`."
             )
         segment_ids = batch["segment_ids"]
-        mask = packed_attention_mask(segment_ids, _model_dtype(model))
+        if attn_impl == "flex_attention":
+            mask = packed_block_mask(segment_ids)
+        else:
+            mask = packed_attention_mask(segment_ids, _model_dtype(model))
         if "inputs_embeds" in batch:  # a batch of `TrunkCache.batch`: trunk states instead of token ids
             inputs = {"inputs_embeds": batch["inputs_embeds"], "trunk_first_layer": batch["trunk_first_layer"]}
         else:
