@@ -236,7 +236,9 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence((seed, fold)).generate_state(1)[0])
 
 
-def cross_fit(entry, config, data: TeacherData, folds: int, progress: bool = True) -> tuple[np.ndarray, dict]:
+def cross_fit(
+    entry, config, data: TeacherData, row_fold: np.ndarray, progress: bool = True
+) -> tuple[np.ndarray, dict]:
     """Out-of-fold candidate scores of the train rows (see the module docstring).
 
     Each fold's teacher gets `data` with every row of the fold's users marked `HELD_OUT` (so it neither trains nor
@@ -246,14 +248,14 @@ def cross_fit(entry, config, data: TeacherData, folds: int, progress: bool = Tru
         entry: the teacher's registry entry ([`get_teacher`]).
         config: the full teacher's config (its seed set).
         data ([`TeacherData`]): the build's rows.
-        folds (`int`): number of folds (>= 2).
+        row_fold (`np.ndarray`): the fold of each row's user, from [`user_folds`].
         progress (`bool`): show the fold teachers' progress bars.
 
     Returns:
         `(scores, record)`: `scores` aligned with `data.cand_items`, filled on the train rows only (NaN elsewhere), and
         the `build_info.json` record (folds, seeds, users, rows scored and what each fold teacher trained on).
     """
-    row_fold = user_folds(data, folds, config.seed)
+    folds = int(row_fold.max()) + 1
     rows_per_candidate = np.repeat(np.arange(len(data)), np.diff(data.cand_offsets))
     scores = np.full(len(data.cand_items), np.nan)
     record = {"folds": folds, "fold_teachers": []}
@@ -298,6 +300,8 @@ def run_teacher(
     config = entry.make_config(teacher_args)
     if getattr(config, "seed", 0) is None:  # default: the build's seed
         config = replace(config, seed=data.seed)
+    # Before any training: too many folds for the users fails here, not after the full teacher.
+    row_fold = user_folds(data, folds, config.seed) if folds > 1 else None
     start = time.perf_counter()
     # The full teacher first, exactly as without cross-fitting: its outputs must not depend on `folds`.
     result = entry.module.fit_and_score(data, config, progress=progress)
@@ -321,8 +325,8 @@ def run_teacher(
         # Wall time, the only field (with cross_fitting.seconds) that differs between two builds with the same seed.
         "train_seconds": round(seconds, 2),
     }
-    if folds > 1:
-        out_of_fold, info["cross_fitting"] = cross_fit(entry, config, data, folds, progress)
+    if row_fold is not None:
+        out_of_fold, info["cross_fitting"] = cross_fit(entry, config, data, row_fold, progress)
         train = np.repeat(data.split == 0, np.diff(data.cand_offsets))
         scores = result.candidate_scores.copy()
         scores[train] = out_of_fold[train]
