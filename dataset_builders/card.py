@@ -242,8 +242,8 @@ def _train_scores_note(teacher: dict) -> str:
         return "The train rows' targets were training labels, so their scores are in-sample (optimistic)."
     return f"""\
 The train rows' `candidate_scores` and `rejected_scores` are **out-of-fold** (cross-fitting over {folds["folds"]} folds of
-users): each comes from a teacher trained and early-stopped without any row of the row's user, so they are as
-out-of-sample as the validation and test rows' scores ("train (cross-fitted)" below; "train (in-sample)" is the full
+users): each comes from a teacher trained and early-stopped without any row of the row's user, so they are
+out-of-sample like the validation and test rows' scores ("train (cross-fitted)" below; "train (in-sample)" is the full
 teacher's score of the same rows, for comparison). The validation and test rows' scores, every row's `embedding` and
 the item embeddings come from the **full teacher** (one embedding space for all splits), so a train row's `embedding`
 is in-sample and does not reproduce its `candidate_scores`."""
