@@ -1,8 +1,8 @@
 """The SASRec teacher (`dataset_builders.teachers`) and `--teacher sasrec` builds: determinism, learning a learnable
 rule, column alignment, no target leakage, errors, and the teacher row of `baseline_metrics`.
 
-Everything runs on tiny synthetic MovieLens-format data in seconds; the full ml-100k build (about 2 minutes) is marked
-slow.
+Everything runs on tiny synthetic MovieLens-format data in seconds; the full ml-100k build (the full teacher and 3
+fold teachers) is marked slow.
 """
 
 import json
@@ -351,7 +351,7 @@ def test_cli_teacher_options(rule_raw, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Real data (slow: about 4 minutes of training on 2 idle cores: the full teacher and 3 fold teachers)
+# Real data (slow: about 2 minutes of training for the full teacher on 2 idle cores, 1.9 times that for 3 fold teachers)
 
 
 @pytest.mark.slow
