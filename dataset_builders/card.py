@@ -194,7 +194,13 @@ def _teacher_section(info: dict) -> str:
         return ""
     metrics = teacher["metrics"]
     rows = ["| split | rows | HR@1 | HR@5 | NDCG@10 | MRR |", "|---|---:|---:|---:|---:|---:|"]
-    for split, label in (("validation", "validation"), ("test", "test"), ("train_in_sample", "train (in-sample)")):
+    labels = (
+        ("validation", "validation"),
+        ("test", "test"),
+        ("train_cross_fitted", "train (cross-fitted)"),
+        ("train_in_sample", "train (in-sample)"),
+    )
+    for split, label in labels:
         m = metrics.get(split, {})
         if m.get("rows"):
             rows.append(
@@ -211,7 +217,7 @@ Trained by the builder on the item sequences of the **train split only** (each u
 history, then the targets), early-stopped on the validation rows; the test rows are never used for training or model
 selection. Early stopping: {teacher["early_stopping"]}; best epoch {teacher["best_epoch"]} of {teacher["epochs_run"]}.
 Every row, train rows included, is scored from its own `history` alone: the model input never holds the row's target.
-The train rows' targets were training labels, so their scores are in-sample (optimistic).
+{_train_scores_note(teacher)}
 
 Its ranking of each row's {candidates} candidates, computed from the `candidate_scores` column (ties broken by prompt
 order), next to which any LLM recommender trained on this data can be placed:
@@ -227,6 +233,20 @@ Columns:
   negative).
 - `embedding` (list of floats): {teacher["embedding"]}; NAPO's in-batch similarity.
 {_item_embeddings_note(teacher)}"""
+
+
+def _train_scores_note(teacher: dict) -> str:
+    """Where the train rows' scores come from: the full teacher (in-sample) or the cross-fitting folds."""
+    folds = teacher.get("cross_fitting")
+    if not folds:
+        return "The train rows' targets were training labels, so their scores are in-sample (optimistic)."
+    return f"""\
+The train rows' `candidate_scores` and `rejected_scores` are **out-of-fold** (cross-fitting over {folds["folds"]} folds of
+users): each comes from a teacher trained and early-stopped without any row of the row's user, so they are
+out-of-sample like the validation and test rows' scores ("train (cross-fitted)" below; "train (in-sample)" is the full
+teacher's score of the same rows, for comparison). The validation and test rows' scores, every row's `embedding` and
+the item embeddings come from the **full teacher** (one embedding space for all splits), so a train row's `embedding`
+is in-sample and does not reproduce its `candidate_scores`."""
 
 
 def _item_embeddings_note(teacher: dict) -> str:

@@ -167,6 +167,16 @@ class BuildConfig:
             "seed defaults to --seed)."
         },
     )
+    teacher_folds: int = field(
+        default=3,
+        metadata={
+            "help": "Cross-fitting folds over users for the train rows' teacher scores: each fold's train rows get "
+            "candidate_scores / rejected_scores from a teacher trained without that fold's users (k more trainings), "
+            "so that they are out-of-sample like the validation and test rows' scores. The full teacher still gives "
+            "the validation and test scores, every row's embedding and item_embeddings.parquet. 1 = off: the train "
+            "rows are scored in-sample by the full teacher."
+        },
+    )
     # Output
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Push the built folder to this Hub dataset repository (user/name)."}
@@ -200,6 +210,10 @@ class BuildConfig:
             raise ValueError("k_core and seed must be non-negative")
         if not (0 <= self.head_share <= 1 and 0 <= self.tail_share <= 1 and self.head_share + self.tail_share <= 1):
             raise ValueError("head_share and tail_share must be in [0, 1] and sum to at most 1")
+        if isinstance(self.teacher_folds, bool) or not isinstance(self.teacher_folds, int) or self.teacher_folds < 1:
+            raise ValueError(
+                f"teacher_folds must be an integer >= 2 (cross-fitting folds) or 1 (off), got {self.teacher_folds!r}"
+            )
         if self.teacher is not None:
             entry = get_teacher(self.teacher)  # unknown name: lists the known teachers
             self.teacher_args = parse_teacher_args(self.teacher_args) or None
@@ -218,7 +232,7 @@ class BuildConfig:
         """The parameters that shape the data (paths, Hub and display options left out), for build_info.json."""
         skip = {"raw_dir", "cache_dir", "offline", "push_to_hub", "private", "progress", "verbose", "overwrite"}
         if self.teacher is None:  # builds without a teacher keep the parameters they always had
-            skip |= {"teacher", "teacher_args"}
+            skip |= {"teacher", "teacher_args", "teacher_folds"}
         if dataset is not None and dataset != "goodreads-ucsd":
             skip.add("genre")
         out = {k: v for k, v in asdict(self).items() if k not in skip}

@@ -19,7 +19,9 @@ Steps (parameters in [`BuildConfig`]):
 5. Prompt. A domain template (one fixed by default, or rotated per row), one title per line, ending with "Answer:".
 6. Teacher (optional, `teacher="sasrec"`). A sequential recommender trained on the train rows' item sequences
    (validation rows for early stopping, test rows untouched) scores every row's candidates from the row's history:
-   columns `candidate_scores`, `rejected_scores`, `embedding` (see `dataset_builders.teachers`).
+   columns `candidate_scores`, `rejected_scores`, `embedding` (see `dataset_builders.teachers`). The train rows'
+   scores are cross-fitted over `teacher_folds` folds of users (out-of-fold); their `embedding` is the full
+   teacher's.
 7. Output. Parquet `DatasetDict` + `items` table + dataset card + `build_info.json` (listing every file), written
    beside the output folder and swapped into place when complete (`output.py`); optional push to the Hub.
 
@@ -780,6 +782,7 @@ def run_build(name: str, output_dir: str | Path, config: BuildConfig | None = No
             teacher_data(rows, extra["position"], len(catalog), config.seed),
             config.teacher_args,
             progress=config.progress,
+            folds=config.teacher_folds,
         )
         timer.lap("teacher")
 
@@ -910,12 +913,18 @@ def format_summary(result: BuildResult) -> str:
             + f"{stats['mean_history_length'][split_name]:>15.2f}"
         )
     if "teacher" in info:
-        teacher, test = info["teacher"], info["teacher"]["metrics"]["test"]
-        valid = info["teacher"]["metrics"]["validation"]
+        teacher, metrics = info["teacher"], info["teacher"]["metrics"]
+        hr1 = {split: m.get("hr@1", float("nan")) for split, m in metrics.items()}
+        train = f"train in-sample {hr1['train_in_sample']:.4f}"
+        seconds = f"{teacher['train_seconds']:.1f} s"
+        if "cross_fitting" in teacher:  # the train rows' written scores are the cross-fitted ones: shown first
+            folds = teacher["cross_fitting"]
+            train = f"train (cross-fitted) {hr1['train_cross_fitted']:.4f}, {train}"
+            seconds += f" + {folds['folds']} folds {folds['seconds']:.1f} s"
         lines.append(
-            f"  {'teacher':<22}{teacher['name']:>12}  test HR@1 {test.get('hr@1', float('nan')):.4f}, NDCG@10 "
-            f"{test.get('ndcg@10', float('nan')):.4f} (validation HR@1 {valid.get('hr@1', float('nan')):.4f}); "
-            f"best epoch {teacher['best_epoch']} of {teacher['epochs_run']}, {teacher['train_seconds']:.1f} s"
+            f"  {'teacher':<22}{teacher['name']:>12}  test HR@1 {hr1['test']:.4f}, NDCG@10 "
+            f"{metrics['test'].get('ndcg@10', float('nan')):.4f} (validation HR@1 {hr1['validation']:.4f}; {train}); "
+            f"best epoch {teacher['best_epoch']} of {teacher['epochs_run']}, {seconds}"
         )
     total = result.timings.get("total", 0.0)
     stages = " | ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "total")

@@ -11,6 +11,14 @@ Every row is scored from its own `history` only: the model input never holds the
 on the item-id sequences of the train split only (validation rows for early stopping, test rows untouched), so its
 validation and test metrics are honest held-out numbers on the build's own candidates.
 
+Cross-fitting (`folds` of [`run_teacher`], `--teacher-folds`): a teacher trained on the train split scores the train
+rows in-sample, from a model fit to those very targets (a stacking leak: a model trained on the scores learns to trust
+them more than it should at test time). With `folds=k >= 2` the users who have train rows are split into k folds and
+the train rows of each fold get the scores of a teacher trained (and early-stopped) without any row of that fold's
+users. The full teacher is trained first, exactly as with `folds=1`, and keeps everything else: the validation and
+test rows' scores, every row's `embedding` and the item embeddings (the k fold teachers have k unrelated embedding
+spaces, so their states could not share one projector).
+
 The registry maps a name to a module with a config dataclass (every field a hyperparameter with `help` metadata) and a
 `fit_and_score(data, config, progress)` function; modules are imported only when a teacher is used (they need torch).
 
@@ -44,6 +52,12 @@ TEACHERS: dict[str, tuple[str, str, str]] = {
 }
 TEACHER_COLUMNS = ["candidate_scores", "rejected_scores", "embedding"]
 METRIC_KS = (1, 5)
+SPLIT_NAMES = ("train", "validation", "test")
+#: `TeacherData.split` code of the rows a cross-fitting fold teacher must not learn from.
+HELD_OUT = 3
+#: What `build_info.json` keeps of each fold teacher's own record (the validation curve and texts stay with the full
+#: teacher's).
+FOLD_RECORD_KEYS = ("epochs_run", "best_epoch", "train_sequences", "train_transitions")
 
 
 @dataclass
@@ -52,7 +66,8 @@ class TeacherData:
 
     Attributes:
         num_items (`int`): catalog size.
-        split (`np.ndarray`): int8 per row, 0 train / 1 validation / 2 test.
+        split (`np.ndarray`): int8 per row, 0 train / 1 validation / 2 test / 3 held out (the rows of a
+            cross-fitting fold's users: a fold teacher neither trains nor early-stops on them, it only scores them).
         user (`np.ndarray`): int64 user code per row.
         position (`np.ndarray`): int64 position of the row's target in its user's sequence.
         target (`np.ndarray`): int64 target item per row.
@@ -179,28 +194,121 @@ def check_finite(name: str, result: TeacherResult, data: TeacherData) -> None:
         if bad.any():
             flat = np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))
             first = int(row_of[flat[0]]) if row_of is not None else int(flat[0])
+            split = (*SPLIT_NAMES, "held out")[int(data.split[first])]
             raise ValueError(
                 f"teacher {name!r} produced non-finite {what} ({int(bad.sum())} values; first in row {first} of "
-                f"split {['train', 'validation', 'test'][int(data.split[first])]}): the training diverged; try a lower "
-                "learning_rate in teacher_args"
+                f"split {split}): the training diverged; try a lower learning_rate in teacher_args"
             )
     if len(result.candidate_scores) != len(data.cand_items) or len(result.embeddings) != len(data):
         raise ValueError(f"teacher {name!r} returned scores or embeddings that do not match the rows")
 
 
-def run_teacher(name: str, data: TeacherData, teacher_args=None, progress: bool = True) -> TeacherResult:
+def user_folds(data: TeacherData, folds: int, seed: int) -> np.ndarray:
+    """Cross-fitting fold of each row's user, `-1` for users without train rows (they have nothing to cross-fit).
+
+    The users with train rows, in a random order drawn from `(seed, folds)`, are dealt round-robin into `folds` folds
+    of (almost) equal numbers of users; a user's rows all share one fold.
+
+    Args:
+        data ([`TeacherData`]): the build's rows.
+        folds (`int`): number of folds, at most the number of users with train rows.
+        seed (`int`): the teacher's seed.
+
+    Returns:
+        `np.ndarray`: int64 fold per row.
+    """
+    users = np.unique(data.user[data.split == 0])
+    if folds > len(users):
+        raise ValueError(
+            f"teacher_folds={folds} needs at least {folds} users with train rows; this build has {len(users)}"
+        )
+    order = np.random.default_rng((seed, folds)).permutation(len(users))
+    fold_of_user = np.empty(len(users), dtype=np.int64)
+    fold_of_user[order] = np.arange(len(users)) % folds
+    where = np.searchsorted(users, data.user)
+    known = (where < len(users)) & (users[np.minimum(where, len(users) - 1)] == data.user)
+    return np.where(known, fold_of_user[np.minimum(where, len(users) - 1)], -1)
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed of cross-fitting fold `fold`'s teacher, derived from the full teacher's `seed` (deterministic, and
+    unrelated to the seeds of the other folds and of the full teacher)."""
+    return int(np.random.SeedSequence((seed, fold)).generate_state(1)[0])
+
+
+def cross_fit(
+    entry, config, data: TeacherData, row_fold: np.ndarray, progress: bool = True
+) -> tuple[np.ndarray, dict]:
+    """Out-of-fold candidate scores of the train rows (see the module docstring).
+
+    Each fold's teacher gets `data` with every row of the fold's users marked `HELD_OUT` (so it neither trains nor
+    early-stops on them), the config with a seed derived by [`fold_seed`], and scores the fold's train rows.
+
+    Args:
+        entry: the teacher's registry entry ([`get_teacher`]).
+        config: the full teacher's config (its seed set).
+        data ([`TeacherData`]): the build's rows.
+        row_fold (`np.ndarray`): the fold of each row's user, from [`user_folds`].
+        progress (`bool`): show the fold teachers' progress bars.
+
+    Returns:
+        `(scores, record)`: `scores` aligned with `data.cand_items`, filled on the train rows only (NaN elsewhere), and
+        the `build_info.json` record (folds, seeds, users, rows scored and what each fold teacher trained on).
+    """
+    folds = int(row_fold.max()) + 1
+    rows_per_candidate = np.repeat(np.arange(len(data)), np.diff(data.cand_offsets))
+    scores = np.full(len(data.cand_items), np.nan)
+    record = {"folds": folds, "fold_teachers": []}
+    start = time.perf_counter()
+    for fold in range(folds):
+        held = row_fold == fold
+        fold_data = replace(data, split=np.where(held, HELD_OUT, data.split).astype(data.split.dtype))
+        fold_config = replace(config, seed=fold_seed(config.seed, fold))
+        result = entry.module.fit_and_score(fold_data, fold_config, progress=progress)
+        check_finite(f"{entry.name} (fold {fold})", result, fold_data)
+        scored = (held & (data.split == 0))[rows_per_candidate]
+        scores[scored] = result.candidate_scores[scored]
+        record["fold_teachers"].append(
+            {
+                "fold": fold,
+                "seed": fold_config.seed,
+                "held_out_users": int(len(np.unique(data.user[held]))),
+                "scored_train_rows": int((held & (data.split == 0)).sum()),
+                **{k: result.info[k] for k in FOLD_RECORD_KEYS if k in result.info},
+            }
+        )
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    return scores, record
+
+
+def run_teacher(
+    name: str, data: TeacherData, teacher_args=None, progress: bool = True, folds: int = 1
+) -> TeacherResult:
     """Train teacher `name` on the train rows of `data`, score every row, and return the scores, embeddings and the
     `build_info.json` record (name, hyperparameters, train seconds, train/validation/test metrics on the build's
-    candidates computed from the returned `candidate_scores`)."""
+    candidates computed from the returned `candidate_scores`).
+
+    Args:
+        name (`str`): a key of `TEACHERS`.
+        data ([`TeacherData`]): the build's rows.
+        teacher_args (`dict` or JSON `str`, *optional*): hyperparameters overriding the teacher config's defaults.
+        progress (`bool`): show progress bars.
+        folds (`int`): cross-fitting folds for the train rows' scores (see the module docstring); 1 = off, the train
+            rows are scored in-sample by the full teacher.
+    """
     entry = get_teacher(name)
     config = entry.make_config(teacher_args)
     if getattr(config, "seed", 0) is None:  # default: the build's seed
         config = replace(config, seed=data.seed)
+    # Before any training: too many folds for the users fails here, not after the full teacher.
+    row_fold = user_folds(data, folds, config.seed) if folds > 1 else None
     start = time.perf_counter()
+    # The full teacher first, exactly as without cross-fitting: its outputs must not depend on `folds`.
     result = entry.module.fit_and_score(data, config, progress=progress)
     seconds = time.perf_counter() - start
     check_finite(name, result, data)
-    ranks = candidate_ranks(result.candidate_scores.astype(np.float64), data.cand_offsets, target_positions(data))
+    targets = target_positions(data)
+    ranks = candidate_ranks(result.candidate_scores.astype(np.float64), data.cand_offsets, targets)
     metrics = {split: ranking_summary(ranks[data.split == code]) for code, split in enumerate(SPLIT_NAMES)}
     info = {
         "name": name,
@@ -210,15 +318,25 @@ def run_teacher(name: str, data: TeacherData, teacher_args=None, progress: bool 
         "metrics": {
             "validation": metrics["validation"],
             "test": metrics["test"],
-            # In-sample: the model was trained on these targets (never as an input), so this is optimistic.
+            # In-sample: the full teacher was trained on these targets (never as an input), so this is optimistic.
             "train_in_sample": metrics["train"],
         },
         "columns": TEACHER_COLUMNS,
-        # Wall time, the only field that differs between two builds with the same seed.
+        # Wall time, the only field (with cross_fitting.seconds) that differs between two builds with the same seed.
         "train_seconds": round(seconds, 2),
     }
+    if row_fold is not None:
+        out_of_fold, info["cross_fitting"] = cross_fit(entry, config, data, row_fold, progress)
+        train = np.repeat(data.split == 0, np.diff(data.cand_offsets))
+        scores = result.candidate_scores.copy()
+        scores[train] = out_of_fold[train]
+        ranks = candidate_ranks(scores.astype(np.float64), data.cand_offsets, targets)
+        info["metrics"]["train_cross_fitted"] = ranking_summary(ranks[data.split == 0])
+        info["cross_fitting"]["note"] = (
+            "train rows' candidate_scores / rejected_scores are out-of-fold (each from a teacher trained without the "
+            "row's user); validation and test scores, every row's embedding and the item embeddings are the full "
+            "teacher's"
+        )
+        result = replace(result, candidate_scores=scores)
     result.info = info
     return result
-
-
-SPLIT_NAMES = ("train", "validation", "test")
