@@ -65,6 +65,7 @@ from trl_dynamicpo.checkpoints import find_resume_checkpoint, set_aside  # noqa:
 from trl_dynamicpo.device import use_cpu  # noqa: E402
 from trl_dynamicpo.evaluation import format_comparison_table, format_value  # noqa: E402
 from trl_dynamicpo.io_utils import read_json, write_json  # noqa: E402
+from trl_dynamicpo.redaction import redact, redact_text  # noqa: E402
 
 
 # Inputs of each stage: the recipe keys whose change makes a finished stage stale (re-run), besides upstream stages.
@@ -90,7 +91,7 @@ class RecipeRun(StageWork):
         from accelerate import PartialState
 
         self.recipe = recipe
-        self.command = command or f"python recipes/run.py {recipe.source}"
+        self.command = redact_text(command or f"python recipes/run.py {recipe.source}")  # printed: no token
         self.state = PartialState(cpu=use_cpu())  # the same state the trainers' TrainingArguments build
         self.is_main = self.state.is_main_process
         self.output_dir = Path(recipe.output_dir)
@@ -144,7 +145,8 @@ class RecipeRun(StageWork):
     def inputs(self, stage: str) -> dict:
         recipe = self.recipe
         values = {key: recipe.raw.get(key) if key in SECTIONS else getattr(recipe, key) for key in STAGE_KEYS[stage]}
-        digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # Hashed without tokens: a new token is not a new input (and no hash of it is stored).
+        digest = hashlib.sha256(json.dumps(redact(values), sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {"recipe": digest, "upstream": self.upstream(stage)}
 
     def check_inputs(self) -> None:
@@ -188,7 +190,7 @@ class RecipeRun(StageWork):
             try:
                 record = self.run_stage(stage)
             except BaseException as err:  # also Ctrl-C: the table says where the run stopped, then the error shows
-                note = f"{type(err).__name__}: {err}"[:200]
+                note = redact_text(f"{type(err).__name__}: {err}")[:200]
                 self.records.append(StageRecord(stage, "failed", time.perf_counter() - started, note=note))
                 if self.is_main:
                     self.write_summary()

@@ -18,6 +18,7 @@ from trl_dynamicpo.checkpoints import CompleteCheckpointCallback
 from trl_dynamicpo.device import warn_if_slow_bf16
 from trl_dynamicpo.evaluation import format_comparison_table, format_results_table, save_results
 from trl_dynamicpo.io_utils import jsonable, read_json, write_json
+from trl_dynamicpo.redaction import save_training_args
 
 
 # The models the evaluation stage can score with an adapter, and the stage that trained each one.
@@ -153,6 +154,8 @@ class StageWork:
         result = trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage))
         trainer.save_model(str(self.stage_dir(stage)))
         trainer.save_state()
+        if self.is_main and (self.stage_dir(stage) / "training_args.bin").is_file():  # without the Hub token
+            save_training_args(trainer.args, self.stage_dir(stage) / "training_args.bin")
         return {**result.metrics, "global_step": trainer.state.global_step}
 
     def stage_sft(self) -> StageRecord:

@@ -32,6 +32,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .io_utils import describe_files, files_under, read_json, write_json
+from .redaction import save_training_args
 
 
 # Written into `checkpoint-N/` once the Trainer has saved everything there: a checkpoint without it was cut by a kill.
@@ -43,11 +44,14 @@ _CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 
 class CompleteCheckpointCallback(TrainerCallback):
     """Writes [`CHECKPOINT_MARKER`] (the step and the file list) into each checkpoint, in `on_save`, which runs after
-    the Trainer (and a trainer's own `_save_checkpoint` additions) wrote the whole checkpoint."""
+    the Trainer (and a trainer's own `_save_checkpoint` additions) wrote the whole checkpoint. The checkpoint's
+    `training_args.bin` is first rewritten without the Hub token the Trainer pickled into it in plain text."""
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
+            if (folder / "training_args.bin").is_file():
+                save_training_args(args, folder / "training_args.bin")
             files = [name for name in files_under(folder) if name != CHECKPOINT_MARKER]
             write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step, "files": files})
 

@@ -62,8 +62,17 @@ _TOKENIZER_FILES = [
 ]
 # Folders a training run leaves next to the adapter that do not belong in the published repo.
 # `training_args.bin` is the trainer's pickled config: it holds `hub_token` in plain text when one is set, and nothing
-# that loading the adapter needs, so it never leaves the machine.
-_ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock", "training_args.bin"]
+# that loading the adapter needs, so it never leaves the machine, at any depth (`last/training_args.bin` too: the
+# patterns match with fnmatch, whose `*` also matches `/`).
+_ADAPTER_IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "runs/*",
+    "wandb/*",
+    ".git/*",
+    "*.lock",
+    "training_args.bin",
+    "*/training_args.bin",
+]
 
 
 class HubPushError(RuntimeError):
