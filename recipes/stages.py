@@ -63,7 +63,7 @@ class StageWork:
         cfg = self.recipe.trunk_cache
         if not cfg.enabled:
             return None
-        from trl_dynamicpo.trunk_cache import META_FILE, TrunkCache, TrunkCacheMismatchError
+        from trl_dynamicpo.trunk_cache import META_FILE, TrunkCache, TrunkCacheMismatchError, remove_cache_files
 
         folder = self.output_dir / "trunk_cache" / name
         kwargs = {
@@ -80,9 +80,10 @@ class StageWork:
             except TrunkCacheMismatchError:
                 if not (folder / META_FILE).is_file():
                     raise
-                # The run's own cache, built for other rows or another model: an upstream stage changed.
+                # The run's own cache, built for other rows or another model: an upstream stage changed. Only its
+                # own files go: anything else in the folder is the user's.
                 print(f"    the trunk cache in {folder} is stale: rebuilding it")
-                shutil.rmtree(folder)
+                remove_cache_files(folder)
                 return TrunkCache.build(model, tokenizer, rows, folder, **kwargs)
 
     def dataset(self, name: str = "dataset"):

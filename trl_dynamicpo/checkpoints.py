@@ -96,13 +96,19 @@ def find_resume_checkpoint(
     return None, cut
 
 
-def set_aside(path: str | os.PathLike) -> Path:
-    """Rename `path` to `incomplete-<name>-<time>` next to it (never over an existing folder); returns the new path."""
+def aside_path(path: str | os.PathLike, prefix: str = INCOMPLETE_PREFIX) -> Path:
+    """`<prefix><name>-<time>` next to `path`, with a counter when that name is taken (never an existing path)."""
     path = Path(path)
     stamp, counter = time.strftime("%Y%m%d-%H%M%S"), 1
-    target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}")
+    target = path.with_name(f"{prefix}{path.name}-{stamp}")
     while target.exists():
         counter += 1
-        target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}-{counter}")
+        target = path.with_name(f"{prefix}{path.name}-{stamp}-{counter}")
+    return target
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename `path` to `incomplete-<name>-<time>` next to it (never over an existing folder); returns the new path."""
+    target = aside_path(path)
     os.replace(path, target)
     return target
