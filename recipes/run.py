@@ -22,6 +22,10 @@ which lists every file the stage wrote. A finished stage is reused unless `--ove
 (its recipe sections or an upstream stage that was re-run): then it is re-run from scratch. A run table is printed at
 the end and saved to `<output_dir>/run_summary.json`.
 
+One job per run folder: a job holds `<output_dir>/.run.lock` (`recipes/run_lock.py`) while it runs, and a second job
+on the same folder stops at once (exit code 2) with a message naming the first one's PID. The lock goes with the
+process that held it, so a killed job never blocks the next.
+
 Resuming: an interrupted training stage resumes from its last *complete* checkpoint when the same command is run
 again, one holding `recipe_checkpoint.json` (written after the Trainer saved everything else). A checkpoint a kill cut
 while it was being saved is set aside, renamed `incomplete-checkpoint-N-<time>`, not deleted, with a message naming
@@ -59,6 +63,7 @@ from recipes.recipe_config import (  # noqa: E402
     load_recipe,
     parse_command_line,
 )
+from recipes.run_lock import OutputDirError, RunLock, RunLockedError  # noqa: E402
 from recipes.stage_folders import ForeignFilesError, StageFolder, StageRecord  # noqa: E402
 from recipes.stages import EVALUATED_STAGES, StageWork  # noqa: E402
 from trl_dynamicpo.checkpoints import find_resume_checkpoint, set_aside  # noqa: E402
@@ -168,7 +173,27 @@ class RecipeRun(StageWork):
 
     # -------------------------------------------------------------- driver
     def run(self) -> int:
-        """Run the selected stages; returns the process exit code (0, or 1 when the Hub push failed)."""
+        """Run the selected stages holding the run folder's lock ([`RunLock`]: one job per `output_dir`); returns the
+        process exit code (0, or 1 when the Hub push failed)."""
+        lock, problem = RunLock(self.output_dir, self.command) if self.is_main else None, None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except (RunLockedError, OutputDirError) as err:
+                problem = err
+        if self.collectives:  # every process of the job stops when the main one could not take the folder
+            from accelerate.utils import broadcast_object_list
+
+            problem = broadcast_object_list([problem])[0]
+        if problem is not None:
+            raise problem
+        try:
+            return self.run_stages()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def run_stages(self) -> int:
         self.check_inputs()
         self.check_outputs()
         exit_code = 0
@@ -310,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             skipping = (token == "--stages" or token.startswith("--stages=")) if token.startswith("--") else skipping
             tokens += [] if skipping else [token]
         return RecipeRun(recipe, command="accelerate launch recipes/run.py " + shlex.join(tokens)).run()
-    except (RecipeError, StageInputError, ForeignFilesError) as err:
+    except (RecipeError, StageInputError, ForeignFilesError, RunLockedError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
