@@ -171,7 +171,7 @@ class DataArguments:
                 "dataset)."
             )
         for key in ("max_train_rows", "max_eval_rows", "max_test_rows"):
-            if (getattr(self, key) or 1) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:  # 0 is not "no limit": it is no rows
                 raise ValueError(f"'data.{key}' must be at least 1 or null, got {getattr(self, key)}.")
 
 

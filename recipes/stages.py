@@ -362,6 +362,11 @@ def _check_columns(data, cfg) -> None:
     for split, columns in {cfg.train_split: ("prompt", "chosen"), cfg.test_split: ("prompt", "candidates")}.items():
         if split not in data:
             raise ValueError(f"The dataset has no '{split}' split (splits: {list(data)}); see data.*_split.")
+        if len(data[split]) == 0:  # found here, not as an IndexError in training or a metric of nothing
+            raise ValueError(
+                f"The '{split}' split of the dataset is empty (0 rows): check the dataset, its split ratios "
+                "(data.build_options.split_ratios) and data.max_*_rows."
+            )
         missing = [c for c in columns if c not in data[split].column_names]
         if missing:
             raise ValueError(f"Split '{split}' lacks the columns {missing} (columns: {data[split].column_names}).")
