@@ -29,6 +29,7 @@ print(recipe.preference.loss_type, recipe.output_dir)
 ```
 """
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -300,6 +301,11 @@ def _check(value, tp, key: str, origin: str, choices=None):
     """`value` if it has the type `tp` (a string is a one-element list) and is among `choices`, else raise."""
     if isinstance(value, str) and not _fits(value, tp) and _fits([value], tp):
         value = [value]  # `loss_type: sdpo`
+    if isinstance(value, str) and not _fits(value, tp) and _fits(1.0, tp):
+        # `--preference.beta nan` / `beta: inf` (YAML 1.1 reads only `.nan`): a number, which the config then judges
+        # (a NaN beta is refused as a value, not as "a string").
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if not _fits(value, tp):
         members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
         lists = [typing.get_args(m)[0] for m in members if typing.get_origin(m) is list]

@@ -175,6 +175,7 @@ class RecipeRun(StageWork):
     def run(self) -> int:
         """Run the selected stages holding the run folder's lock ([`RunLock`]: one job per `output_dir`); returns the
         process exit code (0, or 1 when the Hub push failed)."""
+        self.check_inputs()  # read-only: a recipe that cannot run creates nothing, not even the run folder
         lock, problem = RunLock(self.output_dir, self.command) if self.is_main else None, None
         if lock is not None:
             try:
@@ -194,7 +195,6 @@ class RecipeRun(StageWork):
                 lock.release()
 
     def run_stages(self) -> int:
-        self.check_inputs()
         self.check_outputs()
         exit_code = 0
         for index, stage in enumerate(STAGES, start=1):
