@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import AmbiguousRawFilesError, MissingRawFilesError, RawDataError
+from .errors import AmbiguousRawFilesError, MissingRawFilesError, RawDataError, RawDownloadError
 
 
 logger = logging.getLogger(__name__)
@@ -328,13 +328,17 @@ def resolve_raw_files(
         if missing and offline_mode(offline):
             hint = (
                 "Offline mode (offline=True or HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set): download the archive(s) above "
-                "yourself and pass --raw-dir DIR."
+                "yourself and pass --raw-dir DIR (in a recipe: data.raw_dir)."
             )
             raise MissingRawFilesError(dataset, [r.describe() for r in missing], [str(folder)], hint)
         downloaded: dict[str, Path] = {}
         for requirement in missing:
             folder.mkdir(parents=True, exist_ok=True)
-            alternative, path = _fetch(folder, requirement, progress, downloaded)
+            try:
+                alternative, path = _fetch(folder, requirement, progress, downloaded)
+            except ConnectionError as err:  # offline or unreachable: say what to fetch by hand, and where it goes
+                failures = str(err).split("\n  ")[1:] or [str(err)]
+                raise RawDownloadError(dataset, [r.describe() for r in missing], [str(folder)], failures) from None
             found[requirement.key or alternative.name] = (alternative, path)
             fetched.add(requirement.key or alternative.name)
     resolved = ResolvedFiles()

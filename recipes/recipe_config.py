@@ -420,7 +420,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
 
 def validate_recipe(recipe: RecipeArguments, origin: str) -> None:
-    """Checks across sections (before any work): the builder's options, the trunk cache."""
+    """Checks across sections (before any work): the model folder, the builder's options, the trunk cache."""
     data = recipe.data
     if data.dataset_name is not None:
         from dataset_builders import SOURCES, BuildConfig
@@ -445,6 +445,13 @@ def validate_recipe(recipe: RecipeArguments, origin: str) -> None:
                     f"{origin}: '{stage}.eval_strategy' must be 'no' with 'trunk_cache.enabled' (the cache holds the "
                     "training rows; the evaluation stage scores the test rows through a cache of its own)."
                 )
+    # Last, the files: a missing model folder is named here, not by transformers' repo-id validation mid-stage.
+    from trl_dynamicpo.model_utils import check_model_source
+
+    try:
+        check_model_source(recipe.model.model_name_or_path, recipe.model.gguf_file)
+    except FileNotFoundError as err:
+        raise RecipeError(f"{origin}: 'model.model_name_or_path': {err}") from None
 
 
 def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):

@@ -54,6 +54,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `recipes` and the library importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataset_builders.errors import (  # noqa: E402
+    AmbiguousRawFilesError,
+    MissingRawFilesError,
+    OutputFolderError,
+    RawDataError,
+)
 from recipes.recipe_config import (  # noqa: E402
     SECTIONS,
     STAGES,
@@ -81,6 +87,9 @@ STAGE_KEYS = {
     "evaluate": ("model", "trunk_cache", "evaluation"),
     "publish": ("publish",),
 }
+# The builders' errors about the raw data (missing, not downloadable offline, ambiguous, malformed): the message says
+# what to do, so it is printed without a traceback (exit code 2), like a recipe error.
+INPUT_ERRORS = (MissingRawFilesError, AmbiguousRawFilesError, RawDataError, OutputFolderError)
 STAGE_DIRS = {"data": "data", "sft": "sft", "preference": "preference", "evaluate": "evaluate", "publish": "final"}
 
 
@@ -218,7 +227,14 @@ class RecipeRun(StageWork):
                 note = redact_text(f"{type(err).__name__}: {err}")[:200]
                 self.records.append(StageRecord(stage, "failed", time.perf_counter() - started, note=note))
                 if self.is_main:
-                    self.write_summary()
+                    try:
+                        self.write_summary()
+                    except Exception as summary_err:  # e.g. the same full disk: the stage's error is the one to see
+                        print(
+                            f"warning: could not write {self.output_dir / 'run_summary.json'} after the '{stage}' "
+                            f"stage failed: {type(summary_err).__name__}: {summary_err}",
+                            file=sys.stderr,
+                        )
                 raise
             self.records.append(record)
             if record.status == "failed":
@@ -335,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             skipping = (token == "--stages" or token.startswith("--stages=")) if token.startswith("--") else skipping
             tokens += [] if skipping else [token]
         return RecipeRun(recipe, command="accelerate launch recipes/run.py " + shlex.join(tokens)).run()
-    except (RecipeError, StageInputError, ForeignFilesError, RunLockedError, OutputDirError) as err:
+    except (RecipeError, StageInputError, ForeignFilesError, RunLockedError, OutputDirError, *INPUT_ERRORS) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

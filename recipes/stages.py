@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recipes.recipe_config import training_arguments
+from recipes.recipe_config import RecipeError, training_arguments
 from recipes.stage_folders import StageRecord
 from trl_dynamicpo.checkpoints import CompleteCheckpointCallback
 from trl_dynamicpo.device import warn_if_slow_bf16
@@ -48,6 +48,27 @@ class StageWork:
                 attn_implementation=cfg.attn_implementation,
                 **kwargs,
             )
+
+    def check_adapter(self, folder: str | Path) -> None:
+        """Raise a [`RecipeError`] naming the adapter weights of `folder` and the stage that writes them when the file
+        does not read (truncated, overwritten), instead of a `SafetensorError` that names nothing."""
+        from trl_dynamicpo.model_utils import check_safetensors
+
+        weights = Path(folder) / "adapter_model.safetensors"
+        if weights.is_file():
+            try:
+                check_safetensors(weights)
+            except ValueError as err:
+                stage = next((s for s in ("sft", "preference") if Path(folder) == self.stage_dir(s)), None)
+                rerun = f" Re-run the stage that wrote it: --overwrite --stages {stage}" if stage else ""
+                raise RecipeError(f"{err}{rerun}") from None
+
+    def load_adapter(self, model, folder: str, is_trainable: bool):
+        """`PeftModel.from_pretrained(model, folder)`, after [`check_adapter`]."""
+        from peft import PeftModel
+
+        self.check_adapter(folder)
+        return PeftModel.from_pretrained(model, folder, is_trainable=is_trainable)
 
     def lora_config(self, model):
         """`trl.get_peft_config` of the model section, on the top `trainable_layers` layers only when it is set."""
@@ -186,7 +207,6 @@ class StageWork:
         return StageRecord("sft", "ran", metrics=self._train("sft", trainer), outputs={"adapter": str(folder)})
 
     def stage_preference(self) -> StageRecord:
-        from peft import PeftModel
         from transformers import set_seed
 
         from trl_dynamicpo import DynamicPOTrainer
@@ -198,7 +218,7 @@ class StageWork:
         adapter = str(self.stage_dir("sft")) if self.done("sft") is not None else self.recipe.sft_adapter
         # The trainer keeps a frozen copy of the SFT adapter as the reference model (the SFT model, as in the papers).
         if adapter is not None:
-            model, peft_config = PeftModel.from_pretrained(base, adapter, is_trainable=True), None
+            model, peft_config = self.load_adapter(base, adapter, is_trainable=True), None
         else:
             if self.is_main:
                 print("    no SFT adapter: training a fresh LoRA adapter; the reference is the base model")
@@ -262,9 +282,7 @@ class StageWork:
         cfg = self.recipe.evaluation
         model, tokenizer = self.load_model()
         if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+            model = self.load_adapter(model, adapter, is_trainable=False)
         if not self.recipe.model.load_in_4bit:
             model.to(self.state.device)
         settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationConfig) if f.init}
@@ -290,6 +308,7 @@ class StageWork:
         recipe, cfg = self.recipe, self.recipe.publish
         trained = "preference" if self.done("preference") is not None else "sft"
         adapter_dir = self.stage_dir(trained)
+        self.check_adapter(adapter_dir)  # never publish a damaged file
         # Written in place: `run_stage` checked that the folder holds no file of the user's and removed what an
         # earlier run published there, and `DONE.json`, written last, tells a finished folder from a cut one.
         folder = self.stage_dir("publish")
