@@ -142,8 +142,9 @@ class _Timer:
 
 def _normalize_titles(titles: pd.Series) -> pd.Series:
     # One space between words and none at the ends, so that a title never contains a newline (prompt lists are one
-    # title per line) and equal-looking titles compare equal.
-    return titles.astype(str).str.replace(r"\s+", " ", regex=True).str.strip()
+    # title per line) and equal-looking titles compare equal; NFC, so that a title's decomposed (NFD) and precomposed
+    # forms are one title.
+    return titles.astype(str).str.replace(r"\s+", " ", regex=True).str.strip().str.normalize("NFC")
 
 
 def _natural_order(ids: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ from recipes.recipe_config import (  # noqa: E402
 )
 from recipes.run_lock import OutputDirError, RunLock, RunLockedError  # noqa: E402
 from recipes.stage_folders import ForeignFilesError, StageFolder, StageRecord  # noqa: E402
-from recipes.stages import EVALUATED_STAGES, StageWork  # noqa: E402
+from recipes.stages import EVALUATED_STAGES, DataStageError, StageWork  # noqa: E402
 from trl_dynamicpo.checkpoints import find_resume_checkpoint, set_aside  # noqa: E402
 from trl_dynamicpo.device import use_cpu  # noqa: E402
 from trl_dynamicpo.evaluation import format_comparison_table, format_value  # noqa: E402
@@ -87,9 +87,10 @@ STAGE_KEYS = {
     "evaluate": ("model", "trunk_cache", "evaluation"),
     "publish": ("publish",),
 }
-# The builders' errors about the raw data (missing, not downloadable offline, ambiguous, malformed): the message says
-# what to do, so it is printed without a traceback (exit code 2), like a recipe error.
-INPUT_ERRORS = (MissingRawFilesError, AmbiguousRawFilesError, RawDataError, OutputFolderError)
+# The builders' errors about the raw data (missing, not downloadable offline, ambiguous, malformed) and the data
+# stage's about the rows: the message says what to do, so it is printed without a traceback (exit code 2), like a
+# recipe error.
+INPUT_ERRORS = (MissingRawFilesError, AmbiguousRawFilesError, RawDataError, OutputFolderError, DataStageError)
 STAGE_DIRS = {"data": "data", "sft": "sft", "preference": "preference", "evaluate": "evaluate", "publish": "final"}
 
 

@@ -21,6 +21,11 @@ from trl_dynamicpo.io_utils import jsonable, read_json, write_json
 from trl_dynamicpo.redaction import save_training_args
 
 
+class DataStageError(ValueError):
+    """The data stage found a problem in the dataset (a missing split or column, an empty split, a row the later
+    stages would refuse): the message names the split, the row and the field, before any training."""
+
+
 # The models the evaluation stage can score with an adapter, and the stage that trained each one.
 EVALUATED_STAGES = {"sft": "sft", "final": "preference"}
 
@@ -130,6 +135,7 @@ class StageWork:
             data, items, outputs["source"] = self._load_or_build_data(folder)
             data = self._subsample(data)
             _check_columns(data, self.recipe.data)
+            _check_rows(data, self.recipe.data)
             data.save_to_disk(str(folder / "dataset"))
             if items is not None:
                 items.save_to_disk(str(folder / "items"))
@@ -376,20 +382,44 @@ class StageWork:
         }
 
 
+def _check_rows(data, cfg) -> None:
+    """Every row the later stages read, checked now (not after training): the training rows as the trainer checks them
+    (the chosen answer not among its negatives, no duplicate negative), and each test row's candidates (no duplicate,
+    the target among them), each error naming the split, the row and the field."""
+    from trl_dynamicpo.data import check_candidates, normalize_row, numbered_rejected_columns
+
+    train, test = data[cfg.train_split], data[cfg.test_split]
+    rejected_columns = numbered_rejected_columns(train.column_names)
+    target = "target" if "target" in test.column_names else "chosen"
+    for split, rows, check in (
+        (
+            cfg.train_split,
+            train.select_columns(["prompt", "chosen", *[c for c in train.column_names if c.startswith("rejected")]]),
+            lambda row, i: normalize_row(row, i, rejected_columns),
+        ),
+        (cfg.test_split, test.select_columns(["candidates", target]), lambda row, i: check_candidates(row, i, target)),
+    ):
+        for index, row in enumerate(rows):
+            try:
+                check(row, index)
+            except ValueError as err:
+                raise DataStageError(f"Split '{split}': {err}") from None
+
+
 def _check_columns(data, cfg) -> None:
     """The splits the later stages read must have the columns they need (a clear error now, not mid-training)."""
     for split, columns in {cfg.train_split: ("prompt", "chosen"), cfg.test_split: ("prompt", "candidates")}.items():
         if split not in data:
-            raise ValueError(f"The dataset has no '{split}' split (splits: {list(data)}); see data.*_split.")
+            raise DataStageError(f"The dataset has no '{split}' split (splits: {list(data)}); see data.*_split.")
         if len(data[split]) == 0:  # found here, not as an IndexError in training or a metric of nothing
-            raise ValueError(
+            raise DataStageError(
                 f"The '{split}' split of the dataset is empty (0 rows): check the dataset, its split ratios "
                 "(data.build_options.split_ratios) and data.max_*_rows."
             )
         missing = [c for c in columns if c not in data[split].column_names]
         if missing:
-            raise ValueError(f"Split '{split}' lacks the columns {missing} (columns: {data[split].column_names}).")
+            raise DataStageError(f"Split '{split}' lacks the columns {missing} (columns: {data[split].column_names}).")
     if not any(c.startswith("rejected") for c in data[cfg.train_split].column_names):
-        raise ValueError(f"Split '{cfg.train_split}' has no negatives: no 'rejected' (or 'rejected1..K') column.")
+        raise DataStageError(f"Split '{cfg.train_split}' has no negatives: no 'rejected' (or 'rejected1..K') column.")
     if not {"target", "chosen"} & set(data[cfg.test_split].column_names):
-        raise ValueError(f"Split '{cfg.test_split}' needs a 'target' or 'chosen' column.")
+        raise DataStageError(f"Split '{cfg.test_split}' needs a 'target' or 'chosen' column.")
