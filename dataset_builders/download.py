@@ -170,6 +170,16 @@ def _search(folder: Path, requirements: list[Requirement]) -> tuple[dict[str, tu
             hits = [path for path in _candidates(folder, alternative) if path.is_file()]
             if any(char in alternative.name for char in "*?[") and len(hits) > 1:
                 raise _ambiguous(folder, requirement, hits)
+            if len(hits) > 1 and len({sha256_of(path) for path in hits}) > 1:
+                # A flat `u.data` next to the archive's `ml-100k/u.data`: the flat file (the first candidate, always)
+                # is read, said here and recorded as `path` in build_info.json.
+                logger.warning(
+                    "%s holds two different %s files: reading %s, not %s (build_info.json records the path read)",
+                    folder,
+                    alternative.name,
+                    hits[0],
+                    ", ".join(map(str, hits[1:])),
+                )
             matches += [(alternative, hits[0])] if hits else []
             if hits and not requirement.exclusive:
                 break  # alternatives are in order of preference: the first one found is meant
@@ -345,6 +355,8 @@ def resolve_raw_files(
     for name, (raw, path) in found.items():
         record = {
             "name": path.name,
+            # The file read, relative to the folder searched (`u.data` or `ml-100k/u.data`): which one, when both exist.
+            "path": path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path),
             "origin": "download" if name in fetched else origin,
             "source": raw.origin(),
             "sha256": None,

@@ -276,6 +276,24 @@ class _YamlLoader(yaml.SafeLoader):
     """PyYAML (YAML 1.1) reads `1e-5` as a string; YAML 1.2, and whoever writes a learning rate, reads a float."""
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A mapping whose keys are unique: YAML keeps the last of two equal keys silently, a recipe refuses it."""
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"found the key {key!r} twice (first {seen[key]}); a recipe sets each key once",
+                key_node.start_mark,
+            )
+        seen[key] = f"on line {key_node.start_mark.line + 1}"
+    return loader.construct_mapping(node, deep=deep)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
 )
@@ -351,7 +369,12 @@ def _check_tree(data, origin: str) -> dict:
         if name == "sft":
             classes = (DynamicPOConfig,) if cached else (SFTConfig,)
         if name in data:
-            tree[name] = _check_section(name, data[name] if data[name] is not None else {}, origin, classes)
+            if data[name] is None:  # `sft:` with every key commented out: the library defaults are rarely meant
+                raise RecipeError(
+                    f"{origin}: the section '{name}' is empty (null). Give its keys, write '{name}: {{}}' to use the "
+                    f"defaults of {classes[0].__name__}, or leave the section out."
+                )
+            tree[name] = _check_section(name, data[name], origin, classes)
     return tree
 
 

@@ -124,12 +124,15 @@ class RecipeRun(StageWork):
         return self.folders[stage].done
 
     def check_outputs(self) -> None:
-        """Fail before any work when a stage that will run would write into a folder holding files of the user's (a
-        finished stage is left to `run_stage`: it is reused unless an upstream stage re-runs)."""
-        problems = []
+        """Fail before any work when a stage that will run would write into a folder holding files of the user's: an
+        unfinished stage, one whose inputs changed, and one downstream of a stage that will run (its upstream id will
+        change), so that e.g. a `final/` holding a file of the user's stops the run before `evaluate` re-runs."""
+        problems, will_run = [], set()
         for stage in self.recipe.stages:
             folder = self.folders[stage]
-            foreign = folder.foreign_files() if folder.done is None or self.recipe.overwrite else []
+            if set(self.upstream(stage)) & will_run or not folder.reusable(self.inputs(stage), self.recipe.overwrite):
+                will_run.add(stage)
+            foreign = folder.foreign_files() if stage in will_run else []
             if foreign:
                 problems.append(str(folder.foreign_files_error(foreign)))
         if problems:

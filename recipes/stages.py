@@ -14,7 +14,7 @@ from typing import Any
 
 from recipes.recipe_config import RecipeError, training_arguments
 from recipes.stage_folders import StageRecord
-from trl_dynamicpo.checkpoints import CompleteCheckpointCallback
+from trl_dynamicpo.checkpoints import CompleteCheckpointCallback, train_loss_over_all_steps
 from trl_dynamicpo.device import warn_if_slow_bf16
 from trl_dynamicpo.evaluation import format_comparison_table, format_results_table, save_results
 from trl_dynamicpo.io_utils import jsonable, read_json, write_json
@@ -179,12 +179,19 @@ class StageWork:
 
     def _train(self, stage: str, trainer) -> dict:
         trainer.add_callback(CompleteCheckpointCallback())
-        result = trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage))
+        resume = self.resume_checkpoint(stage)
+        result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(self.stage_dir(stage)))
         trainer.save_state()
         if self.is_main and (self.stage_dir(stage) / "training_args.bin").is_file():  # without the Hub token
             save_training_args(trainer.args, self.stage_dir(stage) / "training_args.bin")
-        return {**result.metrics, "global_step": trainer.state.global_step}
+        metrics = {**result.metrics, "global_step": trainer.state.global_step}
+        if resume is not None and "train_loss" in metrics:  # the Trainer's counts only the steps after the resume
+            resumed_step = int(Path(resume).name.rpartition("-")[2])
+            metrics["train_loss"] = train_loss_over_all_steps(
+                trainer.state.log_history, resumed_step, metrics["train_loss"], trainer.state.global_step
+            )
+        return metrics
 
     def stage_sft(self) -> StageRecord:
         from transformers import set_seed

@@ -96,6 +96,37 @@ def find_resume_checkpoint(
     return None, cut
 
 
+def train_loss_over_all_steps(
+    log_history: list[dict], resumed_step: int, session_loss: float, global_step: int
+) -> float:
+    """The mean training loss over every step of a run resumed at `resumed_step`: `Trainer.train` reports the mean
+    over the steps it ran itself (`session_loss`, steps `resumed_step + 1..global_step`), so the steps before the
+    resume are taken from the logged losses the checkpoint carried (each the mean of its logging interval).
+
+    Args:
+        log_history (`list[dict]`): `trainer.state.log_history` after training (it starts with the checkpoint's).
+        resumed_step (`int`): the step of the checkpoint the run resumed from.
+        session_loss (`float`): the `train_loss` that `trainer.train` returned.
+        global_step (`int`): the last step.
+
+    Returns:
+        `float`: the mean over steps `1..global_step`. Steps between the last log and the checkpoint (when
+        `logging_steps` does not divide `save_steps`) count at the mean of the logged steps before them.
+    """
+    logged = sorted(
+        {log["step"]: log["loss"] for log in log_history if "loss" in log and log.get("step", 0) > 0}.items()
+    )
+    logged = [(step, loss) for step, loss in logged if step <= resumed_step]
+    if not logged or global_step <= resumed_step:
+        return session_loss
+    total, previous = 0.0, 0
+    for step, loss in logged:
+        total += loss * (step - previous)
+        previous = step
+    total += total / previous * (resumed_step - previous)
+    return (total + session_loss * (global_step - resumed_step)) / global_step
+
+
 def aside_path(path: str | os.PathLike, prefix: str = INCOMPLETE_PREFIX) -> Path:
     """`<prefix><name>-<time>` next to `path`, with a counter when that name is taken (never an existing path)."""
     path = Path(path)
