@@ -128,10 +128,12 @@ def check_candidates(row: Mapping[str, Any], index: int, target_field: str = "ta
 
     Example:
     ```python
-    >>> check_candidates({"candidates": ["jaws", "heat"], "target": "fargo"}, 3)
-    Traceback (most recent call last):
-    ...
-    ValueError: Row 3, field `target`: the target 'fargo' is not among its 2 candidates.
+    >>> from trl_dynamicpo.data import check_candidates
+    >>> try:
+    ...     check_candidates({"candidates": ["jaws", "heat"], "target": "fargo"}, 3)
+    ... except ValueError as err:
+    ...     print(err)
+    Row 3, field `target`: the target 'fargo' is not among its 2 candidates.
     ```
     """
     candidates = row.get("candidates")
