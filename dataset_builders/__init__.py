@@ -10,7 +10,7 @@ Command line: `python dataset_builders/build.py --help`.
 """
 
 from .config import BuildConfig
-from .errors import AmbiguousRawFilesError, MissingRawFilesError, OutputFolderError, RawDataError
+from .errors import AmbiguousRawFilesError, MissingRawFilesError, OutputFolderError, RawDataError, RawDownloadError
 from .folder import load_dataset_folder, push_dataset_folder
 from .pipeline import BuildResult, build_dataset, run_build
 from .prepare import load_preference_data
@@ -25,6 +25,7 @@ __all__ = [
     "MissingRawFilesError",
     "OutputFolderError",
     "RawDataError",
+    "RawDownloadError",
     "build_dataset",
     "get_source",
     "load_dataset_folder",

@@ -197,6 +197,12 @@ class BuildConfig:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)
         if len(self.split_ratios) != 3 or min(self.split_ratios) < 0 or abs(sum(self.split_ratios) - 1) > 1e-6:
             raise ValueError(f"split_ratios must be three non-negative shares summing to 1, got {self.split_ratios}")
+        if self.split == "time" and self.split_ratios[0] <= 0:
+            # Refused before any work: an empty train split would only fail in training, with a bare IndexError.
+            raise ValueError(
+                f"split_ratios gives the train split a share of 0 ({self.split_ratios}): the train split would be "
+                "empty. Give it a positive share, e.g. --split-ratios 0.8 0.1 0.1."
+            )
         if self.max_history < 1 or self.min_history < 0 or self.min_history > self.max_history:
             raise ValueError(
                 f"need 0 <= min_history <= max_history and max_history >= 1, got {self.min_history}, "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import AmbiguousRawFilesError, MissingRawFilesError, RawDataError
+from .errors import AmbiguousRawFilesError, MissingRawFilesError, RawDataError, RawDownloadError
 
 
 logger = logging.getLogger(__name__)
@@ -170,6 +170,16 @@ def _search(folder: Path, requirements: list[Requirement]) -> tuple[dict[str, tu
             hits = [path for path in _candidates(folder, alternative) if path.is_file()]
             if any(char in alternative.name for char in "*?[") and len(hits) > 1:
                 raise _ambiguous(folder, requirement, hits)
+            if len(hits) > 1 and len({sha256_of(path) for path in hits}) > 1:
+                # A flat `u.data` next to the archive's `ml-100k/u.data`: the flat file (the first candidate, always)
+                # is read, said here and recorded as `path` in build_info.json.
+                logger.warning(
+                    "%s holds two different %s files: reading %s, not %s (build_info.json records the path read)",
+                    folder,
+                    alternative.name,
+                    hits[0],
+                    ", ".join(map(str, hits[1:])),
+                )
             matches += [(alternative, hits[0])] if hits else []
             if hits and not requirement.exclusive:
                 break  # alternatives are in order of preference: the first one found is meant
@@ -328,19 +338,25 @@ def resolve_raw_files(
         if missing and offline_mode(offline):
             hint = (
                 "Offline mode (offline=True or HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set): download the archive(s) above "
-                "yourself and pass --raw-dir DIR."
+                "yourself and pass --raw-dir DIR (in a recipe: data.raw_dir)."
             )
             raise MissingRawFilesError(dataset, [r.describe() for r in missing], [str(folder)], hint)
         downloaded: dict[str, Path] = {}
         for requirement in missing:
             folder.mkdir(parents=True, exist_ok=True)
-            alternative, path = _fetch(folder, requirement, progress, downloaded)
+            try:
+                alternative, path = _fetch(folder, requirement, progress, downloaded)
+            except ConnectionError as err:  # offline or unreachable: say what to fetch by hand, and where it goes
+                failures = str(err).split("\n  ")[1:] or [str(err)]
+                raise RawDownloadError(dataset, [r.describe() for r in missing], [str(folder)], failures) from None
             found[requirement.key or alternative.name] = (alternative, path)
             fetched.add(requirement.key or alternative.name)
     resolved = ResolvedFiles()
     for name, (raw, path) in found.items():
         record = {
             "name": path.name,
+            # The file read, relative to the folder searched (`u.data` or `ml-100k/u.data`): which one, when both exist.
+            "path": path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path),
             "origin": "download" if name in fetched else origin,
             "source": raw.origin(),
             "sha256": None,

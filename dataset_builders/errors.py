@@ -70,6 +70,32 @@ class MissingRawFilesError(FileNotFoundError):
         return (type(self), (self.dataset, self.missing, self.searched, self.hint))
 
 
+class RawDownloadError(MissingRawFilesError, ConnectionError):
+    """Raw files are missing and downloading them failed (offline, unreachable server): the message says what to
+    download, from where, and where to put it (`--raw-dir`, in a recipe `data.raw_dir`). A `ConnectionError` too.
+
+    Args:
+        dataset (`str`): Name of the dataset being built.
+        missing (`list[str]`): One line per missing requirement (file name(s) and download URL).
+        searched (`list[str]`): The folders that were searched.
+        failures (`list[str]`): One line per failed download (URL: error).
+    """
+
+    def __init__(self, dataset: str, missing: list[str], searched: list[str], failures: list[str]):
+        self.failures = list(failures)
+        hint = (
+            "The download failed:\n  "
+            + "\n  ".join(self.failures)
+            + "\nDownload the file(s) above on a machine that can reach them, extract them into a folder, and pass "
+            "that folder as --raw-dir DIR (in a recipe: data.raw_dir, e.g. --data.raw_dir DIR); or run again when "
+            "the server is reachable."
+        )
+        super().__init__(dataset, missing, searched, hint)
+
+    def __reduce__(self):
+        return (type(self), (self.dataset, self.missing, self.searched, self.failures))
+
+
 class AmbiguousRawFilesError(ValueError):
     """Several raw files match one needed input, and the builder cannot tell which one the user means.
 

@@ -144,8 +144,9 @@ class _Timer:
 
 def _normalize_titles(titles: pd.Series) -> pd.Series:
     # One space between words and none at the ends, so that a title never contains a newline (prompt lists are one
-    # title per line) and equal-looking titles compare equal.
-    return titles.astype(str).str.replace(r"\s+", " ", regex=True).str.strip()
+    # title per line) and equal-looking titles compare equal; NFC, so that a title's decomposed (NFD) and precomposed
+    # forms are one title.
+    return titles.astype(str).str.replace(r"\s+", " ", regex=True).str.strip().str.normalize("NFC")
 
 
 def _natural_order(ids: np.ndarray) -> np.ndarray:
@@ -317,6 +318,11 @@ def build_rows(inter: pd.DataFrame, config: BuildConfig, dropped: dict) -> tuple
         total = len(row_index)
         n_train = int(np.floor(total * config.split_ratios[0] + 1e-9))
         n_valid = int(np.floor(total * (config.split_ratios[0] + config.split_ratios[1]) + 1e-9)) - n_train
+        if n_train == 0:
+            raise ValueError(
+                f"The train split is empty: {total} rows x a train share of {config.split_ratios[0]:g} (split_ratios) "
+                "rounds to 0 rows. Use more raw data, a lower min_history or a larger train share."
+            )
         split[by_time[n_train : n_train + n_valid]] = 1
         split[by_time[n_train + n_valid :]] = 2
         cut = row_rank[by_time[n_train - 1]] if n_train else -1

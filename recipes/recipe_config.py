@@ -29,6 +29,7 @@ print(recipe.preference.loss_type, recipe.output_dir)
 ```
 """
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -191,7 +192,7 @@ class DataArguments:
                 "dataset)."
             )
         for key in ("max_train_rows", "max_eval_rows", "max_test_rows"):
-            if (getattr(self, key) or 1) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:  # 0 is not "no limit": it is no rows
                 raise ValueError(f"'data.{key}' must be at least 1 or null, got {getattr(self, key)}.")
 
 
@@ -295,6 +296,24 @@ class _YamlLoader(yaml.SafeLoader):
     """PyYAML (YAML 1.1) reads `1e-5` as a string; YAML 1.2, and whoever writes a learning rate, reads a float."""
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A mapping whose keys are unique: YAML keeps the last of two equal keys silently, a recipe refuses it."""
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"found the key {key!r} twice (first {seen[key]}); a recipe sets each key once",
+                key_node.start_mark,
+            )
+        seen[key] = f"on line {key_node.start_mark.line + 1}"
+    return loader.construct_mapping(node, deep=deep)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
 )
@@ -320,6 +339,11 @@ def _check(value, tp, key: str, origin: str, choices=None):
     """`value` if it has the type `tp` (a string is a one-element list) and is among `choices`, else raise."""
     if isinstance(value, str) and not _fits(value, tp) and _fits([value], tp):
         value = [value]  # `loss_type: sdpo`
+    if isinstance(value, str) and not _fits(value, tp) and _fits(1.0, tp):
+        # `--preference.beta nan` / `beta: inf` (YAML 1.1 reads only `.nan`): a number, which the config then judges
+        # (a NaN beta is refused as a value, not as "a string").
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if not _fits(value, tp):
         members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
         lists = [typing.get_args(m)[0] for m in members if typing.get_origin(m) is list]
@@ -365,7 +389,12 @@ def _check_tree(data, origin: str) -> dict:
         if name == "sft":
             classes = (DynamicPOConfig,) if cached else (SFTConfig,)
         if name in data:
-            tree[name] = _check_section(name, data[name] if data[name] is not None else {}, origin, classes)
+            if data[name] is None:  # `sft:` with every key commented out: the library defaults are rarely meant
+                raise RecipeError(
+                    f"{origin}: the section '{name}' is empty (null). Give its keys, write '{name}: {{}}' to use the "
+                    f"defaults of {classes[0].__name__}, or leave the section out."
+                )
+            tree[name] = _check_section(name, data[name], origin, classes)
     return tree
 
 
@@ -434,7 +463,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
 
 def validate_recipe(recipe: RecipeArguments, origin: str) -> None:
-    """Checks across sections (before any work): the builder's options, the trunk cache."""
+    """Checks across sections (before any work): the model folder, the builder's options, the trunk cache."""
     data = recipe.data
     if data.dataset_name is not None:
         from dataset_builders import SOURCES, BuildConfig
@@ -459,6 +488,13 @@ def validate_recipe(recipe: RecipeArguments, origin: str) -> None:
                     f"{origin}: '{stage}.eval_strategy' must be 'no' with 'trunk_cache.enabled' (the cache holds the "
                     "training rows; the evaluation stage scores the test rows through a cache of its own)."
                 )
+    # Last, the files: a missing model folder is named here, not by transformers' repo-id validation mid-stage.
+    from trl_dynamicpo.model_utils import check_model_source
+
+    try:
+        check_model_source(recipe.model.model_name_or_path, recipe.model.gguf_file)
+    except FileNotFoundError as err:
+        raise RecipeError(f"{origin}: 'model.model_name_or_path': {err}") from None
 
 
 def training_arguments(recipe: RecipeArguments, stage: str, output_dir: str):

@@ -22,6 +22,10 @@ which lists every file the stage wrote. A finished stage is reused unless `--ove
 (its recipe sections or an upstream stage that was re-run): then it is re-run from scratch. A run table is printed at
 the end and saved to `<output_dir>/run_summary.json`.
 
+One job per run folder: a job holds `<output_dir>/.run.lock` (`recipes/run_lock.py`) while it runs, and a second job
+on the same folder stops at once (exit code 2) with a message naming the first one's PID. The lock goes with the
+process that held it, so a killed job never blocks the next.
+
 Resuming: an interrupted training stage resumes from its last *complete* checkpoint when the same command is run
 again, one holding `recipe_checkpoint.json` (written after the Trainer saved everything else). A checkpoint a kill cut
 while it was being saved is set aside, renamed `incomplete-checkpoint-N-<time>`, not deleted, with a message naming
@@ -50,6 +54,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `recipes` and the library importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataset_builders.errors import (  # noqa: E402
+    AmbiguousRawFilesError,
+    MissingRawFilesError,
+    OutputFolderError,
+    RawDataError,
+)
 from recipes.recipe_config import (  # noqa: E402
     SECTIONS,
     STAGES,
@@ -59,12 +69,14 @@ from recipes.recipe_config import (  # noqa: E402
     load_recipe,
     parse_command_line,
 )
+from recipes.run_lock import OutputDirError, RunLock, RunLockedError  # noqa: E402
 from recipes.stage_folders import ForeignFilesError, StageFolder, StageRecord  # noqa: E402
-from recipes.stages import EVALUATED_STAGES, StageWork  # noqa: E402
+from recipes.stages import EVALUATED_STAGES, DataStageError, StageWork  # noqa: E402
 from trl_dynamicpo.checkpoints import find_resume_checkpoint, set_aside  # noqa: E402
 from trl_dynamicpo.device import use_cpu  # noqa: E402
 from trl_dynamicpo.evaluation import format_comparison_table, format_value  # noqa: E402
 from trl_dynamicpo.io_utils import read_json, write_json  # noqa: E402
+from trl_dynamicpo.redaction import redact, redact_text  # noqa: E402
 
 
 # Inputs of each stage: the recipe keys whose change makes a finished stage stale (re-run), besides upstream stages.
@@ -75,6 +87,10 @@ STAGE_KEYS = {
     "evaluate": ("model", "trunk_cache", "evaluation"),
     "publish": ("publish",),
 }
+# The builders' errors about the raw data (missing, not downloadable offline, ambiguous, malformed) and the data
+# stage's about the rows: the message says what to do, so it is printed without a traceback (exit code 2), like a
+# recipe error.
+INPUT_ERRORS = (MissingRawFilesError, AmbiguousRawFilesError, RawDataError, OutputFolderError, DataStageError)
 STAGE_DIRS = {"data": "data", "sft": "sft", "preference": "preference", "evaluate": "evaluate", "publish": "final"}
 
 
@@ -90,7 +106,7 @@ class RecipeRun(StageWork):
         from accelerate import PartialState
 
         self.recipe = recipe
-        self.command = command or f"python recipes/run.py {recipe.source}"
+        self.command = redact_text(command or f"python recipes/run.py {recipe.source}")  # printed: no token
         self.state = PartialState(cpu=use_cpu())  # the same state the trainers' TrainingArguments build
         self.is_main = self.state.is_main_process
         self.output_dir = Path(recipe.output_dir)
@@ -108,12 +124,15 @@ class RecipeRun(StageWork):
         return self.folders[stage].done
 
     def check_outputs(self) -> None:
-        """Fail before any work when a stage that will run would write into a folder holding files of the user's (a
-        finished stage is left to `run_stage`: it is reused unless an upstream stage re-runs)."""
-        problems = []
+        """Fail before any work when a stage that will run would write into a folder holding files of the user's: an
+        unfinished stage, one whose inputs changed, and one downstream of a stage that will run (its upstream id will
+        change), so that e.g. a `final/` holding a file of the user's stops the run before `evaluate` re-runs."""
+        problems, will_run = [], set()
         for stage in self.recipe.stages:
             folder = self.folders[stage]
-            foreign = folder.foreign_files() if folder.done is None or self.recipe.overwrite else []
+            if set(self.upstream(stage)) & will_run or not folder.reusable(self.inputs(stage), self.recipe.overwrite):
+                will_run.add(stage)
+            foreign = folder.foreign_files() if stage in will_run else []
             if foreign:
                 problems.append(str(folder.foreign_files_error(foreign)))
         if problems:
@@ -144,7 +163,8 @@ class RecipeRun(StageWork):
     def inputs(self, stage: str) -> dict:
         recipe = self.recipe
         values = {key: recipe.raw.get(key) if key in SECTIONS else getattr(recipe, key) for key in STAGE_KEYS[stage]}
-        digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # Hashed without tokens: a new token is not a new input (and no hash of it is stored).
+        digest = hashlib.sha256(json.dumps(redact(values), sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {"recipe": digest, "upstream": self.upstream(stage)}
 
     def check_inputs(self) -> None:
@@ -166,8 +186,28 @@ class RecipeRun(StageWork):
 
     # -------------------------------------------------------------- driver
     def run(self) -> int:
-        """Run the selected stages; returns the process exit code (0, or 1 when the Hub push failed)."""
-        self.check_inputs()
+        """Run the selected stages holding the run folder's lock ([`RunLock`]: one job per `output_dir`); returns the
+        process exit code (0, or 1 when the Hub push failed)."""
+        self.check_inputs()  # read-only: a recipe that cannot run creates nothing, not even the run folder
+        lock, problem = RunLock(self.output_dir, self.command) if self.is_main else None, None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except (RunLockedError, OutputDirError) as err:
+                problem = err
+        if self.collectives:  # every process of the job stops when the main one could not take the folder
+            from accelerate.utils import broadcast_object_list
+
+            problem = broadcast_object_list([problem])[0]
+        if problem is not None:
+            raise problem
+        try:
+            return self.run_stages()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def run_stages(self) -> int:
         self.check_outputs()
         exit_code = 0
         for index, stage in enumerate(STAGES, start=1):
@@ -188,10 +228,17 @@ class RecipeRun(StageWork):
             try:
                 record = self.run_stage(stage)
             except BaseException as err:  # also Ctrl-C: the table says where the run stopped, then the error shows
-                note = f"{type(err).__name__}: {err}"[:200]
+                note = redact_text(f"{type(err).__name__}: {err}")[:200]
                 self.records.append(StageRecord(stage, "failed", time.perf_counter() - started, note=note))
                 if self.is_main:
-                    self.write_summary()
+                    try:
+                        self.write_summary()
+                    except Exception as summary_err:  # e.g. the same full disk: the stage's error is the one to see
+                        print(
+                            f"warning: could not write {self.output_dir / 'run_summary.json'} after the '{stage}' "
+                            f"stage failed: {type(summary_err).__name__}: {summary_err}",
+                            file=sys.stderr,
+                        )
                 raise
             self.records.append(record)
             if record.status == "failed":
@@ -392,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             skipping = (token == "--stages" or token.startswith("--stages=")) if token.startswith("--") else skipping
             tokens += [] if skipping else [token]
         return RecipeRun(recipe, command="accelerate launch recipes/run.py " + shlex.join(tokens)).run()
-    except (RecipeError, StageInputError, ForeignFilesError) as err:
+    except (RecipeError, StageInputError, ForeignFilesError, RunLockedError, OutputDirError, *INPUT_ERRORS) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -12,12 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recipes.recipe_config import training_arguments
+from recipes.recipe_config import RecipeError, training_arguments
 from recipes.stage_folders import StageRecord
-from trl_dynamicpo.checkpoints import CompleteCheckpointCallback
+from trl_dynamicpo.checkpoints import CompleteCheckpointCallback, train_loss_over_all_steps
 from trl_dynamicpo.device import warn_if_slow_bf16
 from trl_dynamicpo.evaluation import format_comparison_table, format_results_table, save_results
 from trl_dynamicpo.io_utils import jsonable, read_json, write_json
+from trl_dynamicpo.redaction import save_training_args
+
+
+class DataStageError(ValueError):
+    """The data stage found a problem in the dataset (a missing split or column, an empty split, a row the later
+    stages would refuse): the message names the split, the row and the field, before any training."""
 
 
 # The models the evaluation stage can score with an adapter, and the stage that trained each one.
@@ -47,6 +53,33 @@ class StageWork:
                 attn_implementation=cfg.attn_implementation,
                 **kwargs,
             )
+
+    def check_adapter(self, folder: str | Path) -> None:
+        """Raise a [`RecipeError`] naming the adapter weights of `folder` and the stage that writes them when the file
+        does not read (truncated, overwritten), instead of a `SafetensorError` that names nothing."""
+        from trl_dynamicpo.model_utils import check_safetensors
+
+        weights = Path(folder) / "adapter_model.safetensors"
+        if weights.is_file():
+            try:
+                check_safetensors(weights)
+            except ValueError as err:
+                stage = next((s for s in ("sft", "preference") if Path(folder) == self.stage_dir(s)), None)
+                rerun = f" Re-run the stage that wrote it: --overwrite --stages {stage}" if stage else ""
+                raise RecipeError(f"{err}{rerun}") from None
+
+    def load_adapter(self, model, folder: str, is_trainable: bool):
+        """`PeftModel.from_pretrained(model, folder)`, after [`check_adapter`], with the folder's item-token projector
+        when the recipe uses item tokens."""
+        from peft import PeftModel
+
+        self.check_adapter(folder)
+        model = PeftModel.from_pretrained(model, folder, is_trainable=is_trainable)
+        if self.recipe.model.item_tokens:
+            from trl_dynamicpo.item_tokens import load_item_tokens
+
+            load_item_tokens(model, folder)
+        return model
 
     def lora_config(self, model):
         """`trl.get_peft_config` of the model section, on the top `trainable_layers` layers only when it is set."""
@@ -82,7 +115,7 @@ class StageWork:
         cfg = self.recipe.trunk_cache
         if not cfg.enabled:
             return None
-        from trl_dynamicpo.trunk_cache import META_FILE, TrunkCache, TrunkCacheMismatchError
+        from trl_dynamicpo.trunk_cache import META_FILE, TrunkCache, TrunkCacheMismatchError, remove_cache_files
 
         folder = self.output_dir / "trunk_cache" / name
         kwargs = {
@@ -100,9 +133,10 @@ class StageWork:
             except TrunkCacheMismatchError:
                 if not (folder / META_FILE).is_file():
                     raise
-                # The run's own cache, built for other rows or another model: an upstream stage changed.
+                # The run's own cache, built for other rows or another model: an upstream stage changed. Only its
+                # own files go: anything else in the folder is the user's.
                 print(f"    the trunk cache in {folder} is stale: rebuilding it")
-                shutil.rmtree(folder)
+                remove_cache_files(folder)
                 return TrunkCache.build(model, tokenizer, rows, folder, **kwargs)
 
     def dataset(self, name: str = "dataset"):
@@ -128,6 +162,7 @@ class StageWork:
             data, items, outputs["source"] = self._load_or_build_data(folder)
             data = self._subsample(data)
             _check_columns(data, self.recipe.data)
+            _check_rows(data, self.recipe.data)
             if self.recipe.model.item_tokens:
                 outputs["item_embeddings"] = self._copy_item_table(outputs["source"], folder)
             data.save_to_disk(str(folder / "dataset"))
@@ -194,10 +229,19 @@ class StageWork:
 
     def _train(self, stage: str, trainer) -> dict:
         trainer.add_callback(CompleteCheckpointCallback())
-        result = trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage))
+        resume = self.resume_checkpoint(stage)
+        result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(self.stage_dir(stage)))
         trainer.save_state()
-        return {**result.metrics, "global_step": trainer.state.global_step}
+        if self.is_main and (self.stage_dir(stage) / "training_args.bin").is_file():  # without the Hub token
+            save_training_args(trainer.args, self.stage_dir(stage) / "training_args.bin")
+        metrics = {**result.metrics, "global_step": trainer.state.global_step}
+        if resume is not None and "train_loss" in metrics:  # the Trainer's counts only the steps after the resume
+            resumed_step = int(Path(resume).name.rpartition("-")[2])
+            metrics["train_loss"] = train_loss_over_all_steps(
+                trainer.state.log_history, resumed_step, metrics["train_loss"], trainer.state.global_step
+            )
+        return metrics
 
     def stage_sft(self) -> StageRecord:
         from transformers import set_seed
@@ -227,7 +271,6 @@ class StageWork:
         return StageRecord("sft", "ran", metrics=self._train("sft", trainer), outputs={"adapter": str(folder)})
 
     def stage_preference(self) -> StageRecord:
-        from peft import PeftModel
         from transformers import set_seed
 
         from trl_dynamicpo import DynamicPOTrainer
@@ -239,11 +282,8 @@ class StageWork:
         adapter = str(self.stage_dir("sft")) if self.done("sft") is not None else self.recipe.sft_adapter
         # The trainer keeps a frozen copy of the SFT adapter as the reference model (the SFT model, as in the papers).
         if adapter is not None:
-            model, peft_config = PeftModel.from_pretrained(base, adapter, is_trainable=True), None
-            if self.recipe.model.item_tokens:
-                from trl_dynamicpo.item_tokens import load_item_tokens
-
-                load_item_tokens(model, adapter)  # SFT's projector: preference optimization goes on from it
+            # With item tokens, SFT's projector comes along: preference optimization goes on from it.
+            model, peft_config = self.load_adapter(base, adapter, is_trainable=True), None
         else:
             if self.is_main:
                 print("    no SFT adapter: training a fresh LoRA adapter; the reference is the base model")
@@ -307,13 +347,7 @@ class StageWork:
         cfg = self.recipe.evaluation
         model, tokenizer = self.load_model()
         if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
-            if self.recipe.model.item_tokens:
-                from trl_dynamicpo.item_tokens import load_item_tokens
-
-                load_item_tokens(model, adapter)
+            model = self.load_adapter(model, adapter, is_trainable=False)
         if not self.recipe.model.load_in_4bit:
             model.to(self.state.device)
         settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationConfig) if f.init}
@@ -343,6 +377,7 @@ class StageWork:
         recipe, cfg = self.recipe, self.recipe.publish
         trained = "preference" if self.done("preference") is not None else "sft"
         adapter_dir = self.stage_dir(trained)
+        self.check_adapter(adapter_dir)  # never publish a damaged file
         # Written in place: `run_stage` checked that the folder holds no file of the user's and removed what an
         # earlier run published there, and `DONE.json`, written last, tells a finished folder from a cut one.
         folder = self.stage_dir("publish")
@@ -437,15 +472,44 @@ class StageWork:
         )
 
 
+def _check_rows(data, cfg) -> None:
+    """Every row the later stages read, checked now (not after training): the training rows as the trainer checks them
+    (the chosen answer not among its negatives, no duplicate negative), and each test row's candidates (no duplicate,
+    the target among them), each error naming the split, the row and the field."""
+    from trl_dynamicpo.data import check_candidates, normalize_row, numbered_rejected_columns
+
+    train, test = data[cfg.train_split], data[cfg.test_split]
+    rejected_columns = numbered_rejected_columns(train.column_names)
+    target = "target" if "target" in test.column_names else "chosen"
+    for split, rows, check in (
+        (
+            cfg.train_split,
+            train.select_columns(["prompt", "chosen", *[c for c in train.column_names if c.startswith("rejected")]]),
+            lambda row, i: normalize_row(row, i, rejected_columns),
+        ),
+        (cfg.test_split, test.select_columns(["candidates", target]), lambda row, i: check_candidates(row, i, target)),
+    ):
+        for index, row in enumerate(rows):
+            try:
+                check(row, index)
+            except ValueError as err:
+                raise DataStageError(f"Split '{split}': {err}") from None
+
+
 def _check_columns(data, cfg) -> None:
     """The splits the later stages read must have the columns they need (a clear error now, not mid-training)."""
     for split, columns in {cfg.train_split: ("prompt", "chosen"), cfg.test_split: ("prompt", "candidates")}.items():
         if split not in data:
-            raise ValueError(f"The dataset has no '{split}' split (splits: {list(data)}); see data.*_split.")
+            raise DataStageError(f"The dataset has no '{split}' split (splits: {list(data)}); see data.*_split.")
+        if len(data[split]) == 0:  # found here, not as an IndexError in training or a metric of nothing
+            raise DataStageError(
+                f"The '{split}' split of the dataset is empty (0 rows): check the dataset, its split ratios "
+                "(data.build_options.split_ratios) and data.max_*_rows."
+            )
         missing = [c for c in columns if c not in data[split].column_names]
         if missing:
-            raise ValueError(f"Split '{split}' lacks the columns {missing} (columns: {data[split].column_names}).")
+            raise DataStageError(f"Split '{split}' lacks the columns {missing} (columns: {data[split].column_names}).")
     if not any(c.startswith("rejected") for c in data[cfg.train_split].column_names):
-        raise ValueError(f"Split '{cfg.train_split}' has no negatives: no 'rejected' (or 'rejected1..K') column.")
+        raise DataStageError(f"Split '{cfg.train_split}' has no negatives: no 'rejected' (or 'rejected1..K') column.")
     if not {"target", "chosen"} & set(data[cfg.test_split].column_names):
-        raise ValueError(f"Split '{cfg.test_split}' needs a 'target' or 'chosen' column.")
+        raise DataStageError(f"Split '{cfg.test_split}' needs a 'target' or 'chosen' column.")

@@ -32,6 +32,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .io_utils import describe_files, files_under, read_json, write_json
+from .redaction import save_training_args
 
 
 # Written into `checkpoint-N/` once the Trainer has saved everything there: a checkpoint without it was cut by a kill.
@@ -43,11 +44,14 @@ _CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 
 class CompleteCheckpointCallback(TrainerCallback):
     """Writes [`CHECKPOINT_MARKER`] (the step and the file list) into each checkpoint, in `on_save`, which runs after
-    the Trainer (and a trainer's own `_save_checkpoint` additions) wrote the whole checkpoint."""
+    the Trainer (and a trainer's own `_save_checkpoint` additions) wrote the whole checkpoint. The checkpoint's
+    `training_args.bin` is first rewritten without the Hub token the Trainer pickled into it in plain text."""
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
+            if (folder / "training_args.bin").is_file():
+                save_training_args(args, folder / "training_args.bin")
             files = [name for name in files_under(folder) if name != CHECKPOINT_MARKER]
             write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step, "files": files})
 
@@ -92,13 +96,50 @@ def find_resume_checkpoint(
     return None, cut
 
 
-def set_aside(path: str | os.PathLike) -> Path:
-    """Rename `path` to `incomplete-<name>-<time>` next to it (never over an existing folder); returns the new path."""
+def train_loss_over_all_steps(
+    log_history: list[dict], resumed_step: int, session_loss: float, global_step: int
+) -> float:
+    """The mean training loss over every step of a run resumed at `resumed_step`: `Trainer.train` reports the mean
+    over the steps it ran itself (`session_loss`, steps `resumed_step + 1..global_step`), so the steps before the
+    resume are taken from the logged losses the checkpoint carried (each the mean of its logging interval).
+
+    Args:
+        log_history (`list[dict]`): `trainer.state.log_history` after training (it starts with the checkpoint's).
+        resumed_step (`int`): the step of the checkpoint the run resumed from.
+        session_loss (`float`): the `train_loss` that `trainer.train` returned.
+        global_step (`int`): the last step.
+
+    Returns:
+        `float`: the mean over steps `1..global_step`. Steps between the last log and the checkpoint (when
+        `logging_steps` does not divide `save_steps`) count at the mean of the logged steps before them.
+    """
+    logged = sorted(
+        {log["step"]: log["loss"] for log in log_history if "loss" in log and log.get("step", 0) > 0}.items()
+    )
+    logged = [(step, loss) for step, loss in logged if step <= resumed_step]
+    if not logged or global_step <= resumed_step:
+        return session_loss
+    total, previous = 0.0, 0
+    for step, loss in logged:
+        total += loss * (step - previous)
+        previous = step
+    total += total / previous * (resumed_step - previous)
+    return (total + session_loss * (global_step - resumed_step)) / global_step
+
+
+def aside_path(path: str | os.PathLike, prefix: str = INCOMPLETE_PREFIX) -> Path:
+    """`<prefix><name>-<time>` next to `path`, with a counter when that name is taken (never an existing path)."""
     path = Path(path)
     stamp, counter = time.strftime("%Y%m%d-%H%M%S"), 1
-    target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}")
+    target = path.with_name(f"{prefix}{path.name}-{stamp}")
     while target.exists():
         counter += 1
-        target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{stamp}-{counter}")
+        target = path.with_name(f"{prefix}{path.name}-{stamp}-{counter}")
+    return target
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename `path` to `incomplete-<name>-<time>` next to it (never over an existing folder); returns the new path."""
+    target = aside_path(path)
     os.replace(path, target)
     return target

@@ -122,6 +122,41 @@ def normalize_row(row: dict[str, Any], index: int, rejected_columns: Sequence[st
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def check_candidates(row: Mapping[str, Any], index: int, target_field: str = "target") -> None:
+    """Raise a `ValueError` naming the row and the field when the ranking row's `candidates` repeat an answer (after
+    NFC and whitespace normalization, as the trainer compares answers) or do not contain its target (`target_field`).
+
+    Example:
+    ```python
+    >>> from trl_dynamicpo.data import check_candidates
+    >>> try:
+    ...     check_candidates({"candidates": ["jaws", "heat"], "target": "fargo"}, 3)
+    ... except ValueError as err:
+    ...     print(err)
+    Row 3, field `target`: the target 'fargo' is not among its 2 candidates.
+    ```
+    """
+    candidates = row.get("candidates")
+    if not isinstance(candidates, (list, tuple)) or len(candidates) < 2:
+        raise ValueError(
+            f"Row {index}, field `candidates`: expected a list of at least two answers, got {candidates!r:.80}."
+        )
+    keys = [_answer_key(answer) for answer in candidates]
+    seen: dict = {}
+    for position, key in enumerate(keys):
+        if key in seen:
+            raise ValueError(
+                f"Row {index}, field `candidates[{position}]`: duplicate candidate {key!r:.80} (first at "
+                f"candidates[{seen[key]}]); a ranking of the same title twice is not a ranking."
+            )
+        seen[key] = position
+    target = row.get(target_field)
+    if _answer_key(target) not in seen:
+        raise ValueError(
+            f"Row {index}, field `{target_field}`: the target {target!r:.80} is not among its {len(keys)} candidates."
+        )
+
+
 def truncate_prompt_ids(ids: list[int], max_length: int, bos_token_id: int | None) -> list[int]:
     """Keep the END of a too-long prompt (where "Answer:" is), and its leading BOS if it had one.
 

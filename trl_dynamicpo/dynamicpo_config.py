@@ -1,5 +1,6 @@
 """Configuration of [`DynamicPOTrainer`]: TRL's `DPOConfig` plus the multi-negative fields."""
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -315,6 +316,21 @@ class DynamicPOConfig(DPOConfig):
         for name in ("napo_gamma0", "napo_alpha", "beta_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"`{name}` must be finite, got {getattr(self, name)}.")
+        # Then every other float option, this class's and the Trainer's: NaN or an infinity is never meant (a NaN
+        # `beta_margin` would otherwise stop at step 1 with an error that blames the rows).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"`{f.name}` must be a finite number, got {value}.")
+        if self.loss_weights is not None:
+            weights = list(self.loss_weights)
+            bad = next((w for w in weights if not (math.isfinite(float(w)) and w >= 0)), None)
+            if bad is not None or not any(weights):
+                # A negative weight maximizes its loss (the total runs to -inf while it "improves").
+                raise ValueError(
+                    f"`loss_weights` must be finite and >= 0 with at least one > 0, got {weights}"
+                    + (f" ({bad} is not)." if bad is not None else ".")
+                )
         if not 0.0 <= self.napo_ema_decay < 1.0:
             raise ValueError(f"`napo_ema_decay` must lie in [0, 1), got {self.napo_ema_decay}.")
         if self.label_smoothing:

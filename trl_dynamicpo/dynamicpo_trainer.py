@@ -187,6 +187,11 @@ class DynamicPOTrainer(DPOTrainer):
             args = DynamicPOConfig(f"{str(model_name).rstrip('/').split('/')[-1]}-DynamicPO")
         elif not isinstance(args, DynamicPOConfig):
             args = _to_dynamicpo_config(args)
+        # Before any work: an empty dataset would only fail at the first step, with a bare StopIteration.
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            sized = [dataset] if not isinstance(dataset, dict) else list(dataset.values())
+            if any(isinstance(d, Dataset) and len(d) == 0 for d in sized):
+                raise ValueError(f"`{name}` is empty (0 rows): there is nothing to train or evaluate on.")
 
         if processing_class is None:
             processing_class = _load_tokenizer(model, args)

@@ -28,6 +28,7 @@ from typing import Any
 from huggingface_hub.utils import validate_repo_id
 
 from .model_card import _is_hub_id, build_model_card
+from .model_utils import check_safetensors, looks_like_path
 
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,17 @@ _TOKENIZER_FILES = [
 ]
 # Folders a training run leaves next to the adapter that do not belong in the published repo.
 # `training_args.bin` is the trainer's pickled config: it holds `hub_token` in plain text when one is set, and nothing
-# that loading the adapter needs, so it never leaves the machine.
-_ADAPTER_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "wandb/*", ".git/*", "*.lock", "training_args.bin"]
+# that loading the adapter needs, so it never leaves the machine, at any depth (`last/training_args.bin` too: the
+# patterns match with fnmatch, whose `*` also matches `/`).
+_ADAPTER_IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "runs/*",
+    "wandb/*",
+    ".git/*",
+    "*.lock",
+    "training_args.bin",
+    "*/training_args.bin",
+]
 
 
 class HubPushError(RuntimeError):
@@ -179,11 +189,6 @@ def push_adapter_folder(
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
-def _looks_like_path(name: str) -> bool:
-    """True for a name that can only be a local path (`./x`, `~/x`, `/x`, `a/b/c`), never a Hub repo id."""
-    return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1
-
-
 def _check_adapter_files(folder: str, what: str) -> None:
     """Fail naming `what` and the missing files when `folder` holds no saved LoRA adapter (before any model loads)."""
     # A snapshot in which no file matched the download patterns is a path that was never created.
@@ -329,7 +334,7 @@ def load_recommender(
             f"{source} is a file: load_recommender needs the adapter folder that holds it (the folder with "
             "adapter_config.json and adapter_model.safetensors)."
         )
-    elif not _is_hub_id(source) or _looks_like_path(source):
+    elif not _is_hub_id(source) or looks_like_path(source):
         raise FileNotFoundError(
             f"No adapter folder at {source}: the path does not exist (relative paths start from {os.getcwd()}). "
             "Pass the folder the adapter was saved to (e.g. a recipe's <output_dir>/final), or a Hub repo id "
@@ -340,6 +345,8 @@ def load_recommender(
         _check_adapter_files(
             adapter_dir, f"The model repo {source!r}" + (f" at revision {revision!r}" if revision else "")
         )
+    if os.path.isfile(os.path.join(adapter_dir, "adapter_model.safetensors")):
+        check_safetensors(os.path.join(adapter_dir, "adapter_model.safetensors"))  # names the file, before any load
     peft_config = PeftConfig.from_pretrained(adapter_dir)
     base_kwargs = {"token": token, "local_files_only": local_files_only}
     if base_model is None:

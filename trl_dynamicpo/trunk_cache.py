@@ -19,6 +19,11 @@ makes a study of many configurations several times cheaper.
 Layout on disk (`cache_dir/`): `trunk_cache.json` (settings, fingerprints, written last when complete),
 `rows.jsonl` (one line per row: prompt and answer token ids, offset into the states) and `states.bin` (the hidden
 states, `[total_tokens, hidden]`, float32 or bfloat16). An interrupted build resumes from its last complete chunk.
+The completed build records the size and SHA-256 of `rows.jsonl` and `states.bin` in `trunk_cache.json`, and opening
+the cache checks them: a truncated or overwritten file raises [`TrunkCacheDamagedError`] naming it, and
+[`TrunkCache.build`] sets a damaged cache aside (moved to `damaged-<folder>-<time>/` next to it, never deleted) and
+builds it again. Only the cache's own three files are ever moved or removed ([`remove_cache_files`]): other files in
+its folder stay where they are.
 
 Example:
 
@@ -66,11 +71,63 @@ META_FILE = "trunk_cache.json"
 ROWS_FILE = "rows.jsonl"
 STATES_FILE = "states.bin"
 STORAGE_DTYPES = ("float32", "bfloat16")
+# Every file a cache writes, the metadata last: the only files a rebuild moves or removes.
+CACHE_FILES = (ROWS_FILE, STATES_FILE, META_FILE)
+DAMAGED_PREFIX = "damaged-"
 _LAYER_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class TrunkCacheMismatchError(ValueError):
     """The model, a row or a setting does not match the one the trunk cache was built from."""
+
+
+class TrunkCacheDamagedError(ValueError):
+    """A complete trunk cache whose files no longer match what its build recorded (truncated, zeroed, overwritten)."""
+
+
+# (path, size, mtime) -> SHA-256 of the files already checked by this process: a cache opened by every stage and
+# DataLoader worker is hashed once.
+_CHECKED: dict[tuple[str, int, int], str] = {}
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """The size and SHA-256 of a file, as `trunk_cache.json` records them."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _CHECKED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        _CHECKED[key] = digest.hexdigest()
+    return {"bytes": stat.st_size, "sha256": _CHECKED[key]}
+
+
+def remove_cache_files(cache_dir: str | os.PathLike) -> list[str]:
+    """Remove the files a trunk cache writes ([`CACHE_FILES`]) from `cache_dir`, and the folder only when that left it
+    empty; anything else there (a user's notes) stays. Returns the names removed."""
+    cache_dir, removed = Path(cache_dir), []
+    for name in CACHE_FILES:
+        if (cache_dir / name).is_file():
+            (cache_dir / name).unlink()
+            removed.append(name)
+    if cache_dir.is_dir() and not any(cache_dir.iterdir()):
+        cache_dir.rmdir()
+    return removed
+
+
+def set_aside_damaged(cache_dir: str | os.PathLike) -> Path:
+    """Move the files of the damaged cache in `cache_dir` to a new folder `damaged-<name>-<time>` next to it (never
+    deleted: the user decides); other files in `cache_dir` stay. Returns the new folder."""
+    from .checkpoints import aside_path
+
+    cache_dir = Path(cache_dir)
+    target = aside_path(cache_dir, DAMAGED_PREFIX)
+    target.mkdir()
+    for name in CACHE_FILES:
+        if (cache_dir / name).is_file():
+            os.replace(cache_dir / name, target / name)
+    return target
 
 
 class _StopForward(Exception):
@@ -183,6 +240,9 @@ class TrunkCache:
     Args:
         cache_dir (`str` or `os.PathLike`): A folder written by [`TrunkCache.build`].
 
+    Raises:
+        [`TrunkCacheDamagedError`]: a file of the cache does not have the size or checksum its build recorded.
+
     Attributes:
         first_layer (`int`): Index of the lowest trainable decoder layer; the cache holds the states entering it.
         trainable_layers (`list[int]`): The layers above the trunk, for `LoraConfig(layers_to_transform=...)`.
@@ -206,13 +266,37 @@ class TrunkCache:
         self.trainable_layers = list(range(self.first_layer, self.num_layers))
         self.hidden_size = int(self.meta["hidden_size"])
         self.fingerprint = self.meta["fingerprint"]
+        self._check_files()
         self._rows = [json.loads(line) for line in (self.cache_dir / ROWS_FILE).read_text().splitlines() if line]
         if len(self._rows) != self.meta["num_rows"]:
-            raise FileNotFoundError(
+            raise TrunkCacheDamagedError(
                 f"{self.cache_dir / ROWS_FILE} has {len(self._rows)} rows, expected {self.meta['num_rows']}; rebuild "
                 "the cache."
             )
         self._states = None
+
+    def _check_files(self) -> None:
+        """Raise [`TrunkCacheDamagedError`] naming the first file whose size (from the index: `total_tokens` x hidden
+        size x item size) or checksum (recorded when the build completed; older caches have none) differs."""
+        itemsize = 4 if self.meta["storage_dtype"] == "float32" else 2
+        expected = {STATES_FILE: {"bytes": int(self.meta["total_tokens"]) * self.hidden_size * itemsize}}
+        for name, record in (self.meta.get("files") or {}).items():
+            expected.setdefault(name, {}).update(record)
+        for name, record in expected.items():
+            path = self.cache_dir / name
+            if not path.is_file():
+                raise TrunkCacheDamagedError(f"The trunk cache in {self.cache_dir} is damaged: {path} is missing.")
+            size = path.stat().st_size
+            if size != record["bytes"]:
+                raise TrunkCacheDamagedError(
+                    f"The trunk cache in {self.cache_dir} is damaged: {path} has {size:,} bytes, its build wrote "
+                    f"{record['bytes']:,} (truncated or overwritten)."
+                )
+            if "sha256" in record and _file_record(path)["sha256"] != record["sha256"]:
+                raise TrunkCacheDamagedError(
+                    f"The trunk cache in {self.cache_dir} is damaged: the content of {path} differs from what its "
+                    "build wrote (checksum mismatch: overwritten or corrupted)."
+                )
 
     # -- reading --------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -439,8 +523,13 @@ class TrunkCache:
             existing = json.loads(meta_path.read_text())
             differing = sorted(k for k in settings if existing.get(k) != settings[k])
             if not differing and existing.get("complete"):
-                return cls(cache_dir)
-            if differing:
+                try:
+                    return cls(cache_dir)
+                except TrunkCacheDamagedError as err:
+                    aside = set_aside_damaged(cache_dir)
+                    print(f"    {err} Its files were moved to {aside} (not deleted); building it again.", flush=True)
+                    existing = None
+            if existing is not None and differing:
                 raise TrunkCacheMismatchError(
                     f"{cache_dir} holds a trunk cache built with other settings ({', '.join(differing)}); use another "
                     "folder or delete it."
@@ -519,7 +608,9 @@ class TrunkCache:
         finally:
             progress.close()
             model.train(was_training)
-        write_json(meta_path, {**settings, "complete": True, "total_tokens": offset})
+        # Recorded once complete, checked on every open: a truncated or zeroed file is found before it is read.
+        files = {name: _file_record(cache_dir / name) for name in (ROWS_FILE, STATES_FILE)}
+        write_json(meta_path, {**settings, "complete": True, "total_tokens": offset, "files": files})
         cache = cls(cache_dir)
         if verify and len(cache):
             cache.verify(model, row=0, autocast_dtype=autocast_dtype)

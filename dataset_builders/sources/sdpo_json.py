@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 from ..download import RawFile, Requirement
 from ..errors import RawDataError
@@ -73,7 +74,9 @@ def _records_with_lines(path) -> list[tuple[int, object]]:
 def _clean(value, path, line, what) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RawDataError(path, line, f"{what} must be a non-empty string, found {value!r}")
-    return " ".join(value.split())
+    # NFC, as every builder normalizes titles: a title's NFD and NFC forms are one title (a repeat in itemList is
+    # found here, at build time, not by the trainer after SFT).
+    return unicodedata.normalize("NFC", " ".join(value.split()))
 
 
 def _parse_record(record, path, line) -> PresplitRecord:

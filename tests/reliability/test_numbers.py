@@ -73,3 +73,37 @@ def test_bad_numbers_and_empty_prompts_name_the_row_and_field(tokenizer, tmp_pat
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
         )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"loss_type": ["sdpo", "sft"], "loss_weights": [0.0, -1.0]},
+            r"`loss_weights` must be finite and >= 0 .*-1.0",
+        ),
+        ({"loss_type": ["sdpo", "sft"], "loss_weights": [0.0, 0.0]}, r"at least one > 0, got \[0.0, 0.0\]"),
+        ({"loss_type": ["dmpo"], "beta_margin": float("nan")}, r"`beta_margin` must be a finite number, got nan"),
+        ({"learning_rate": float("inf")}, r"`learning_rate` must be a finite number, got inf"),
+    ],
+)
+def test_config_refuses_negative_loss_weights_and_non_finite_floats(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        DynamicPOConfig(str(tmp_path), report_to=[], **options)
+
+
+def test_command_line_nan_is_refused_as_a_value_not_as_a_string(tmp_path, capsys):
+    from recipes.run import main
+
+    from ..test_recipes import MINIMAL, write_yaml
+
+    path = write_yaml(tmp_path / "r.yaml", {**MINIMAL, "output_dir": str(tmp_path / "out")})
+    for option, value, expected in [
+        ("--preference.beta", "nan", "`beta` must be a finite number > 0, got nan"),
+        ("--preference.beta_margin", "inf", "`beta_margin` must be a finite number, got inf"),
+        ("--preference.loss_weights", "-1", "`loss_weights` must be finite and >= 0"),
+    ]:
+        assert main([str(path), option, value]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "got str" not in err, err
+    assert not (tmp_path / "out").exists()
