@@ -150,6 +150,13 @@ class QualityArguments:
             "validation split every lambda of a grid is reported (choose there), on test none."
         },
     )
+    chosen_cell: str | None = field(
+        default=None,
+        metadata={
+            "help": "The cell chosen on the validation split, recorded as `chosen_cell` in results.json of a test "
+            "run (it must be in the grid)."
+        },
+    )
     # SFT
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
     sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the training rows."})
@@ -242,6 +249,8 @@ class QualityArguments:
             raise ValueError("`num_generation_prompts` cannot exceed `num_eval_prompts` (they are a subset).")
         for cell in self.grid:
             parse_cell(cell)
+        if self.chosen_cell is not None and self.chosen_cell not in ("sft", *self.grid):
+            raise ValueError(f"`chosen_cell` {self.chosen_cell!r} is not a cell of the grid {self.grid}.")
         if self.item_tokens and not self.teacher:
             raise ValueError("`item_tokens` needs a `teacher` build (its item_embeddings.parquet and states).")
 

@@ -155,9 +155,13 @@ def collect(study) -> tuple[dict, dict]:
         "baselines": {},
         "cells": [],
         "comparisons": {},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("cells", "report_only", "baselines_only")},
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("cells", "report_only", "baselines_only", "chosen_cell")
+        },
         "commit": _commit(),
     }
+    if getattr(args, "chosen_cell", None) is not None:  # the arguments of a run started before the option lack it
+        results["chosen_cell"] = args.chosen_cell
     results["baselines"] = _baseline_blocks(ranks, args)
     scores = {}  # per-cell candidate scores, loaded once (the extrapolation below reuses them)
     settings = {}  # per-cell evaluation settings, read once with eval.json (ranks.json records them)
