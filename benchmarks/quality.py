@@ -272,6 +272,11 @@ class Study:
         a = self.args
         return {"dataset": a.dataset_name, "builder": "defaults", "seed": a.seed}
 
+    def build_options(self) -> dict:
+        """Options of the dataset build beyond the builder's defaults (none here; a study at another scale, e.g.
+        `sft_weight.py`, sets `max_history` / `num_candidates` and names them in `data_settings`)."""
+        return {}
+
     def load_data(self):
         from dataset_builders import BuildConfig, run_build
         from dataset_builders.folder import load_dataset_folder
@@ -287,7 +292,7 @@ class Study:
                 self.record_timing(timing, time.perf_counter() - start)
             return folder
 
-        folder = build(self.data_settings(), "data")
+        folder = build(self.data_settings(), "data", **self.build_options())
         self.dataset = load_dataset_folder(folder)
         items = load_dataset_folder(folder, config="items")
         self.items = items[next(iter(items))]
@@ -304,7 +309,10 @@ class Study:
         if a.teacher:
             # The same build with the teacher's columns added: the same rows, so the same prompts by index.
             teacher_folder = build(
-                {**self.data_settings(), "teacher": a.teacher}, f"data_{a.teacher}", teacher=a.teacher
+                {**self.data_settings(), "teacher": a.teacher},
+                f"data_{a.teacher}",
+                teacher=a.teacher,
+                **self.build_options(),
             )
             teacher_dataset = load_dataset_folder(teacher_folder)
             rows = teacher_dataset[a.eval_split].select(eval_index)
