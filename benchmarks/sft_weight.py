@@ -10,7 +10,9 @@ measures that trade-off on validation prompts, per weight `w` of `sft_weights` (
 
 - free generation (the papers' greedy protocol): ValidRatio and HR@1, with 95% bootstrap intervals, and the paired
   ValidRatio difference to `w = 0`;
-- ranking: HR@1 and NDCG@10 with intervals and the paired HR@1 difference to `w = 0` on the same prompts.
+- ranking: HR@1 and NDCG@10 with intervals and the paired HR@1 difference to `w = 0` on the same prompts;
+- with `constrained_generation: true`, constrained greedy decoding (`generate_candidates`) of the same generation
+  prompts: its HR@1 next to free generation's.
 
 It is the quality study (`quality.py`) at another scale: one SFT adapter, its reference log-probs and the trunk caches
 are shared by every weight; each weight is one preference cell (`<loss>@<K>-sft-<w>`) in the same `work_dir`, cached
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from quality import QualityArguments, Study, write_json  # noqa: E402
+from quality import QualityArguments, Study, read_json, write_json  # noqa: E402
 from quality_report import metric_block, paired_block  # noqa: E402
 
 from trl_dynamicpo.evaluation import target_ranks  # noqa: E402
@@ -117,6 +119,13 @@ def report(args: SftWeightArguments) -> dict:
             continue
         ranks = target_ranks(np.load(study.cell_dir(cell) / "scores.npy"), np.asarray(record["target_index"]))
         generation, valid = _generation_block(study, record, resamples, seed)
+        constrained = read_json(study.cell_dir(cell) / "constrained.json")
+        if constrained is not None:  # decoding restricted to the candidates (quality.py --constrained_generation)
+            rows_ = study.eval.select(range(len(constrained["outputs"])))
+            hits = [out == target for out, target in zip(constrained["outputs"], rows_["target"])]
+            hr, hr_ci = bootstrap_ci(np.asarray(hits, dtype=np.float64), resamples, seed=seed)
+            generation["constrained_hr@1"], generation["constrained_hr@1_ci"] = hr, list(hr_ci)
+            generation["constrained_valid_ratio"] = constrained["metrics"]["valid_ratio"]
         trained = study.trained(cell)
         row = {
             "label": label,
@@ -170,10 +179,12 @@ def table(results: dict) -> str:
     lines = [
         f"{results['cell']} with the chosen-answer NLL (`loss_type=[..., 'sft']`, `loss_weights=[1, w]`), "
         f"{results['split']} split: free generation on {results['num_generation_prompts']} prompts, ranking on "
-        f"{results['num_ranking_prompts']}; 95% bootstrap intervals, differences paired with w = 0.",
+        f"{results['num_ranking_prompts']}; 95% bootstrap intervals, differences paired with w = 0. Constrained "
+        "generation (decoding restricted to the candidates) has ValidRatio 1 by construction.",
         "",
-        "| model | ValidRatio (free) | ValidRatio − w=0 | HR@1 (free) | HR@1 (ranking) | HR@1 ranking − w=0 |",
-        "|---|---|---|---|---|---|",
+        "| model | ValidRatio (free) | ValidRatio − w=0 | HR@1 (free) | HR@1 (constrained) | HR@1 (ranking) "
+        "| HR@1 ranking − w=0 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         valid_diff = row.get("valid_ratio_minus_reference")
@@ -182,7 +193,9 @@ def table(results: dict) -> str:
         lines.append(
             f"| {row['label']} | {interval(row['generation'], 'valid_ratio')} | "
             f"{signed(valid_diff['value'], valid_diff['ci']) if valid_diff else reference} | "
-            f"{interval(row['generation'], 'hr@1')} | {interval(row['ranking'], 'hr@1')} | "
+            f"{interval(row['generation'], 'hr@1')} | "
+            f"{interval(row['generation'], 'constrained_hr@1') if 'constrained_hr@1' in row['generation'] else '-'} | "
+            f"{interval(row['ranking'], 'hr@1')} | "
             f"{signed(hr_diff['hr@1'], hr_diff['hr@1_ci']) if hr_diff else reference} |"
         )
     return "\n".join(lines) + "\n"

@@ -241,7 +241,13 @@ class StageWork:
         (folder / "comparison.md").write_text(table + "\n", encoding="utf-8")
         write_json(folder / "eval_results.json", all_results)
         print(table)
-        shown = ("generation/hr@1", "generation/valid_ratio", "ranking/hr@1", "ranking/ndcg@10")
+        shown = (
+            "generation/hr@1",
+            "generation/valid_ratio",
+            "constrained_generation/hr@1",
+            "ranking/hr@1",
+            "ranking/ndcg@10",
+        )
         metrics = {f"{n}/{k}": v for n, results in all_results.items() for k, v in results.items() if k in shown}
         return StageRecord(
             "evaluate", "ran", metrics=metrics, outputs={**outputs, "comparison": str(folder / "comparison.md")}
@@ -300,7 +306,7 @@ class StageWork:
         eval_results = {
             k: v
             for k, v in (evaluation.get("final" if trained == "preference" else "sft") or {}).items()
-            if k.startswith(("generation/", "ranking/"))
+            if k.startswith(("generation/", "constrained_generation/", "ranking/"))
             and not k.endswith(("/runtime_s", "/num_samples"))
             and isinstance(v, (int, float))
         }
