@@ -207,6 +207,14 @@ class QualityArguments:
             "cell's own scores (`extrapolated` in results.json), never instead of them; choose it on validation."
         },
     )
+    constrained_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "Also decode every cell's generation prompts restricted to each row's candidate titles "
+            "(`generate_candidates`, greedy): its HR@1 next to free generation's (ValidRatio is 1 by construction). "
+            "Cached per cell in constrained.json, apart from eval.json, so that turning it on re-evaluates nothing."
+        },
+    )
     eval_batch_size: int = field(default=8, metadata={"help": "Prompts per ranking forward pass."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of the prompts."})
@@ -281,6 +289,11 @@ class Study:
         a = self.args
         return {"dataset": a.dataset_name, "builder": "defaults", "seed": a.seed}
 
+    def build_options(self) -> dict:
+        """Options of the dataset build beyond the builder's defaults (none here; a study at another scale, e.g.
+        `sft_weight.py`, sets `max_history` / `num_candidates` and names them in `data_settings`)."""
+        return {}
+
     def load_data(self):
         from dataset_builders import BuildConfig, run_build
         from dataset_builders.folder import load_dataset_folder
@@ -296,7 +309,7 @@ class Study:
                 self.record_timing(timing, time.perf_counter() - start)
             return folder
 
-        folder = build(self.data_settings(), "data")
+        folder = build(self.data_settings(), "data", **self.build_options())
         self.dataset = load_dataset_folder(folder)
         items = load_dataset_folder(folder, config="items")
         self.items = items[next(iter(items))]
@@ -313,7 +326,10 @@ class Study:
         if a.teacher:
             # The same build with the teacher's columns added: the same rows, so the same prompts by index.
             teacher_folder = build(
-                {**self.data_settings(), "teacher": a.teacher}, f"data_{a.teacher}", teacher=a.teacher
+                {**self.data_settings(), "teacher": a.teacher},
+                f"data_{a.teacher}",
+                teacher=a.teacher,
+                **self.build_options(),
             )
             teacher_dataset = load_dataset_folder(teacher_folder)
             rows = teacher_dataset[a.eval_split].select(eval_index)
@@ -641,15 +657,60 @@ class Study:
             rejected.append([float(scores[i, position[t]]) for t in negatives])
         return self.train.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
-    def evaluate_cell(self, cell: str, tokenizer) -> dict:
+    def load_cell(self, cell: str):
+        """The base model with the cell's adapter (and item projector)."""
         from peft import PeftModel
 
-        from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_over_orders, target_indices
         from trl_dynamicpo.item_tokens import load_item_tokens
 
         model, _ = self.load_base()
         model = PeftModel.from_pretrained(model, str(self.cell_dir(cell) / "adapter"))
         load_item_tokens(model, self.cell_dir(cell) / "adapter")
+        return model
+
+    def constrained_cell(self, cell: str, tokenizer) -> dict | None:
+        """Constrained greedy decoding of the cell's generation prompts (cached in constrained.json), or None for a
+        cell without generation prompts."""
+        from trl_dynamicpo.evaluation import generate_candidates, generation_metrics
+
+        n = self.eval_settings(cell)["num_generation_prompts"]
+        if not n:
+            return None
+        a = self.args
+        key = {"train": self.trained(cell)["fingerprint"], "split": a.eval_split, "prompts": n, "bf16": a.bf16}
+        key.update(num_eval_prompts=a.num_eval_prompts, seed=a.seed)
+        path = self.cell_dir(cell) / "constrained.json"
+        record = read_json(path)
+        if record and record["fingerprint"] == fingerprint(key):
+            return record
+        model, rows = self.load_cell(cell), self.eval.select(range(n))
+        start = time.perf_counter()
+        with self.autocast():
+            answers = generate_candidates(
+                model,
+                tokenizer,
+                rows["prompt"],
+                rows["candidates"],
+                batch_size=a.generation_batch_size,
+                show_progress=not os.environ.get("TQDM_DISABLE"),
+                item_tokens=self.item_token_data(tokenizer),
+                user_states=self.user_states(rows),
+            )
+        outputs = [cands[row[0][0]] for row, cands in zip(answers, rows["candidates"])]
+        record = {
+            "cell": cell,
+            "fingerprint": fingerprint(key),
+            "seconds": time.perf_counter() - start,
+            "metrics": generation_metrics(outputs, rows["candidates"], rows["target"], "title"),
+            "outputs": outputs,
+        }
+        write_json(path, record)
+        return record
+
+    def evaluate_cell(self, cell: str, tokenizer) -> dict:
+        from trl_dynamicpo.evaluation import generate_answers, generation_metrics, score_over_orders, target_indices
+
+        model = self.load_cell(cell)
         item_tokens = self.item_token_data(tokenizer)
         settings = self.eval_settings(cell)
         start = time.perf_counter()
@@ -745,6 +806,10 @@ class Study:
                     f"{eta.remaining(todo[i:], untrained=[c for c in todo[i:] if self.trained(c) is None]) / 60:.0f} min",
                     flush=True,
                 )
+            if self.args.constrained_generation:
+                for cell in cells:
+                    if self.evaluated(cell) is not None and self.constrained_cell(cell, tokenizer) is not None:
+                        print(f"[{cell}] constrained generation done", flush=True)
         timings_path = self.work / "timings.json"
         timings = {**(read_json(timings_path) or {}), **self.timings}
         write_json(timings_path, timings)

@@ -192,6 +192,9 @@ def collect(study) -> tuple[dict, dict]:
                 "valid_ratio": generation["valid_ratio"],
                 "num_prompts": evaluation["settings"]["num_generation_prompts"],
             }
+            constrained = read_json(study.cell_dir(cell) / "constrained.json")
+            if constrained is not None and study.args.constrained_generation:
+                entry["generation"]["constrained_hr@1"] = constrained["metrics"]["hr@1"]
         results["cells"].append(entry)
     by_name = {c["name"]: c for c in results["cells"]}
     resamples = args.bootstrap_resamples
@@ -317,6 +320,8 @@ def markdown_table(results: dict) -> str:
     for cell in results["cells"]:
         generation = cell.get("generation")
         gen = f"{generation['hr@1']:.3f} / {generation['valid_ratio']:.3f}" if generation else "-"
+        if generation and "constrained_hr@1" in generation:  # constrained decoding: ValidRatio 1 by construction
+            gen += f"; constrained {generation['constrained_hr@1']:.3f}"
         lines.append(
             f"| {DISPLAY[cell['loss']]} | {cell['num_negatives'] or '-'} | {_fmt_ci(cell['hr@1'], cell['hr@1_ci'])} | "
             f"{_fmt_ci(cell['ndcg@10'], cell['ndcg@10_ci'])} | {_fmt_diff(cell.get('vs_sft'))} | "

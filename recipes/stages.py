@@ -330,7 +330,13 @@ class StageWork:
         (folder / "comparison.md").write_text(table + "\n", encoding="utf-8")
         write_json(folder / "eval_results.json", all_results)
         print(table)
-        shown = ("generation/hr@1", "generation/valid_ratio", "ranking/hr@1", "ranking/ndcg@10")
+        shown = (
+            "generation/hr@1",
+            "generation/valid_ratio",
+            "constrained_generation/hr@1",
+            "ranking/hr@1",
+            "ranking/ndcg@10",
+        )
         metrics = {f"{n}/{k}": v for n, results in all_results.items() for k, v in results.items() if k in shown}
         return StageRecord(
             "evaluate", "ran", metrics=metrics, outputs={**outputs, "comparison": str(folder / "comparison.md")}
@@ -371,7 +377,7 @@ class StageWork:
     def stage_publish(self) -> StageRecord:
         from transformers import AutoTokenizer
 
-        from trl_dynamicpo.hub import HubPushError, push_adapter_folder
+        from trl_dynamicpo.hub import _ADAPTER_FILES, HubPushError, push_adapter_folder
         from trl_dynamicpo.model_card import build_model_card
 
         recipe, cfg = self.recipe, self.recipe.publish
@@ -382,25 +388,22 @@ class StageWork:
         # earlier run published there, and `DONE.json`, written last, tells a finished folder from a cut one.
         folder = self.stage_dir("publish")
         folder.mkdir(parents=True, exist_ok=True)
-        from trl_dynamicpo.item_tokens import CONFIG_FILE, ITEM_TABLE_FILE, WEIGHTS_FILE
+        from trl_dynamicpo.item_tokens import CONFIG_FILE, ITEM_TABLE_FILE
 
-        for name in (
-            "adapter_config.json",
-            "adapter_model.safetensors",
-            "adapter_model.bin",
-            CONFIG_FILE,
-            WEIGHTS_FILE,
-        ):
+        # The adapter and what travels with it (a hybrid model's item projector and item-embedding table).
+        for name in _ADAPTER_FILES:
             if (adapter_dir / name).is_file():
                 shutil.copy2(adapter_dir / name, folder / name)
-        if (adapter_dir / CONFIG_FILE).is_file():  # hybrid item tokens: the table travels with the projector
+        if (adapter_dir / CONFIG_FILE).is_file() and not (folder / ITEM_TABLE_FILE).is_file():
+            # A hybrid adapter saved without its table (an older trainer): the data stage's copy travels with it.
             shutil.copy2(self.stage_dir("data") / ITEM_TABLE_FILE, folder / ITEM_TABLE_FILE)
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(folder))
+        usage = self.save_recommender_config(folder)
         evaluation = read_json(self.stage_dir("evaluate") / "eval_results.json") or {}
         eval_results = {
             k: v
             for k, v in (evaluation.get("final" if trained == "preference" else "sft") or {}).items()
-            if k.startswith(("generation/", "ranking/"))
+            if k.startswith(("generation/", "constrained_generation/", "ranking/"))
             and not k.endswith(("/runtime_s", "/num_samples"))
             and isinstance(v, (int, float))
         }
@@ -419,6 +422,9 @@ class StageWork:
             eval_dataset_split=recipe.data.test_split,
             tags=[*cfg.tags, *([recipe.data.dataset_name] if recipe.data.dataset_name else [])],
             license=cfg.license,
+            # The card's usage snippet: `Recommender.from_pretrained` on the repo (or this folder) and a test user.
+            usage_ref=cfg.hub_model_id if cfg.push_to_hub else str(folder),
+            usage_example=usage,
         )
         card.save(str(folder / "README.md"))
         outputs = {"folder": str(folder)}
@@ -438,6 +444,45 @@ class StageWork:
             return StageRecord("publish", "failed", outputs=outputs, note=f"push failed; retry: {retry}")
         print(f"    pushed to {outputs['hub_url']}")
         return StageRecord("publish", "ran", outputs=outputs)
+
+    def save_recommender_config(self, folder: Path) -> dict | None:
+        """Write `recommender.json` (the data's prompt template, item table and the evaluation settings) and
+        `item_titles.json` to the published folder, so that `Recommender.from_pretrained` prompts the model as training
+        did. Returns a test user (`history`, `candidates`) for the card's usage snippet, or None when the data's
+        template is unknown (a dataset not written by `dataset_builders`): then nothing is written."""
+        from trl_dynamicpo.recommend import RecommenderConfig
+
+        recipe, data = self.recipe, self.recipe.data
+        source = ((self.done("data") or {}).get("outputs") or {}).get("source") or data.dataset_id_or_path
+        info = _build_info(source)
+        parameters = (info or {}).get("parameters") or {}
+        if not parameters.get("templates"):
+            print(
+                f"    no prompt template known for {source} (no build_info.json of dataset_builders): the folder has "
+                "no recommender.json; Recommender.from_pretrained will need `template=`"
+            )
+            return None
+        dataset = data.dataset_id_or_path or data.dataset_name
+        items = self.dataset("items")
+        titles = items["title"] if items is not None and "title" in items.column_names else None
+        config = RecommenderConfig(
+            template=parameters["templates"][0],
+            templates=parameters["templates"],
+            domain=parameters.get("domain"),
+            dataset=dataset,
+            item_table=f"{dataset} (config '{data.items_config}')" if titles is not None else None,
+            separator=data.completion_separator,
+            max_prompt_length=recipe.evaluation.max_prompt_length,
+            max_length=recipe.preference.max_length,
+            max_history=parameters.get("max_history"),
+            num_candidates=parameters.get("num_candidates"),
+            score=recipe.evaluation.score,
+        )
+        config.save(folder, item_titles=titles)
+        test = self.dataset()[data.test_split]
+        if len(test) == 0 or "history" not in test.column_names:
+            return None
+        return {"history": list(test[0]["history"]), "candidates": list(test[0]["candidates"])}
 
     def card_hyperparameters(self, trained: str) -> dict[str, Any]:
         """The preference loss's settings (`DynamicPOConfig.card_hyperparameters`), then SFT's and LoRA's."""
@@ -494,6 +539,20 @@ def _check_rows(data, cfg) -> None:
                 check(row, index)
             except ValueError as err:
                 raise DataStageError(f"Split '{split}': {err}") from None
+
+
+def _build_info(source: str | None) -> dict | None:
+    """`build_info.json` of a dataset written by `dataset_builders`: a local folder or a Hub dataset repo, else None."""
+    if not source:
+        return None
+    if Path(source).is_dir():
+        return read_json(Path(source) / "build_info.json")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return read_json(Path(hf_hub_download(source, "build_info.json", repo_type="dataset")))
+    except Exception:  # not a Hub dataset of the builders, or no connection: the folder gets no recommender.json
+        return None
 
 
 def _check_columns(data, cfg) -> None:

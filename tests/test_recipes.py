@@ -441,6 +441,18 @@ def test_end_to_end_tiny_run(finished_run, tiny_world):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert (expected - sft_scores).abs().max() > 1e-4  # preference optimization changed the adapter
 
+    # The template travels with the adapter: `Recommender` writes the test row's prompt exactly, and ranks as scored.
+    from trl_dynamicpo.recommend import Recommender
+
+    assert {"recommender.json", "item_titles.json"} <= {p.name for p in final.iterdir()}
+    recommender = Recommender.from_pretrained(final)
+    assert recommender.prompts([row["history"]], [row["candidates"]]) == [row["prompt"]]
+    ranked = recommender.recommend(row["history"], row["candidates"], k=len(row["candidates"]))
+    order = sorted(range(len(row["candidates"])), key=lambda i: -float(expected[i]))
+    assert [item for item, _ in ranked] == [row["candidates"][i] for i in order]
+    card = (final / "README.md").read_text()
+    assert f'Recommender.from_pretrained("{final}")' in card and row["candidates"][0] in card
+
     # eval_results.json of the published folder are the metrics of that model on the test rows.
     published = json.loads((final / "eval_results.json").read_text())
     again = evaluate_recommender(

@@ -34,6 +34,9 @@ _LAZY = {
     "pack_answers": "packing",
     "load_causal_lm": "model_utils",
     "load_recommender": "hub",
+    "Recommendation": "recommend",
+    "Recommender": "recommend",
+    "RecommenderConfig": "recommend",
     "build_model_card": "model_card",
     "push_adapter_folder": "hub",
     "EvaluationConfig": "evaluation",
@@ -44,6 +47,7 @@ _LAZY = {
     "baseline_metrics": "evaluation",
     "score_candidates": "evaluation",
     "generate_answers": "evaluation",
+    "generate_candidates": "evaluation",
 }
 
 __all__ = sorted(_LAZY)

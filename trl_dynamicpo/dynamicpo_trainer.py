@@ -384,7 +384,9 @@ class DynamicPOTrainer(DPOTrainer):
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            save_item_tokens(self.model, output_dir if output_dir is not None else self.args.output_dir)
+            # The item table travels with the projector: the saved adapter alone can then score new users.
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            save_item_tokens(self.model, folder, table=self.args.item_embeddings)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)

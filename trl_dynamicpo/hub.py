@@ -38,13 +38,17 @@ __all__ = ["HubPushError", "build_model_card", "load_recommender", "push_adapter
 
 # Files of an adapter repo that `load_recommender` needs: adapter weights/config and every tokenizer file that
 # `save_pretrained` writes. Checkpoints, optimizer states and training arguments are never downloaded.
-# The item projector of hybrid item tokens (`trl_dynamicpo.item_tokens`) travels with the adapter.
+# The item projector of hybrid item tokens (`trl_dynamicpo.item_tokens`) and its item-embedding table travel with the
+# adapter, as does what `Recommender` needs to prompt it as training did (`trl_dynamicpo.recommend`).
 _ADAPTER_FILES = [
     "adapter_config.json",
     "adapter_model.safetensors",
     "adapter_model.bin",
     "item_tokens.json",
     "item_tokens.safetensors",
+    "item_embeddings.parquet",
+    "recommender.json",
+    "item_titles.json",
 ]
 _TOKENIZER_FILES = [
     "tokenizer_config.json",
@@ -267,6 +271,53 @@ def _download_adapter(repo_id: str, revision: str | None, token: str | None, loc
         ) from err
 
 
+def resolve_adapter_folder(
+    repo_id_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> str:
+    """The local folder of a saved adapter: the folder itself, or the snapshot of a Hub repo's adapter files.
+
+    Only the files `load_recommender` and [`~trl_dynamicpo.recommend.Recommender`] read are downloaded (adapter,
+    item projector and table, `recommender.json`, tokenizer); offline, they come from the local cache.
+
+    Raises:
+        `FileNotFoundError` / `NotADirectoryError`: naming the path or repo and what is missing (see
+            [`load_recommender`]).
+    """
+    source = os.fspath(repo_id_or_path)
+    local_files_only = local_files_only or _is_offline()
+    if os.path.isdir(source):
+        _check_adapter_files(source, f"The adapter folder {source}")
+        return _checked_weights(source)
+    if os.path.exists(source):
+        raise NotADirectoryError(
+            f"{source} is a file: load_recommender needs the adapter folder that holds it (the folder with "
+            "adapter_config.json and adapter_model.safetensors)."
+        )
+    if not _is_hub_id(source) or looks_like_path(source):
+        raise FileNotFoundError(
+            f"No adapter folder at {source}: the path does not exist (relative paths start from {os.getcwd()}). "
+            "Pass the folder the adapter was saved to (e.g. a recipe's <output_dir>/final), or a Hub repo id "
+            "(user/name)."
+        )
+    adapter_dir = _download_adapter(source, revision, token, local_files_only)
+    _check_adapter_files(
+        adapter_dir, f"The model repo {source!r}" + (f" at revision {revision!r}" if revision else "")
+    )
+    return _checked_weights(adapter_dir)
+
+
+def _checked_weights(adapter_dir: str) -> str:
+    """`adapter_dir`, after checking that its safetensors weights are readable (a truncated file is named here,
+    before any load)."""
+    if os.path.isfile(os.path.join(adapter_dir, "adapter_model.safetensors")):
+        check_safetensors(os.path.join(adapter_dir, "adapter_model.safetensors"))
+    return adapter_dir
+
+
 def load_recommender(
     repo_id_or_path: str | os.PathLike,
     base_model: str | None = None,
@@ -326,27 +377,7 @@ def load_recommender(
 
     local_files_only = bool(model_kwargs.pop("local_files_only", False)) or _is_offline()
     source = os.fspath(repo_id_or_path)
-    if os.path.isdir(source):
-        adapter_dir = source
-        _check_adapter_files(adapter_dir, f"The adapter folder {source}")
-    elif os.path.exists(source):
-        raise NotADirectoryError(
-            f"{source} is a file: load_recommender needs the adapter folder that holds it (the folder with "
-            "adapter_config.json and adapter_model.safetensors)."
-        )
-    elif not _is_hub_id(source) or looks_like_path(source):
-        raise FileNotFoundError(
-            f"No adapter folder at {source}: the path does not exist (relative paths start from {os.getcwd()}). "
-            "Pass the folder the adapter was saved to (e.g. a recipe's <output_dir>/final), or a Hub repo id "
-            "(user/name)."
-        )
-    else:
-        adapter_dir = _download_adapter(source, revision, token, local_files_only)
-        _check_adapter_files(
-            adapter_dir, f"The model repo {source!r}" + (f" at revision {revision!r}" if revision else "")
-        )
-    if os.path.isfile(os.path.join(adapter_dir, "adapter_model.safetensors")):
-        check_safetensors(os.path.join(adapter_dir, "adapter_model.safetensors"))  # names the file, before any load
+    adapter_dir = resolve_adapter_folder(source, revision=revision, token=token, local_files_only=local_files_only)
     peft_config = PeftConfig.from_pretrained(adapter_dir)
     base_kwargs = {"token": token, "local_files_only": local_files_only}
     if base_model is None:

@@ -429,8 +429,14 @@ def lowest_trainable_layer(model, peft_config=None) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 # Save / load with an adapter
 # ----------------------------------------------------------------------------------------------------------------------
-def save_item_tokens(model, folder: str | os.PathLike) -> bool:
-    """Write the attached projector (`item_tokens.json` + `item_tokens.safetensors`) to `folder`; False if none."""
+def save_item_tokens(model, folder: str | os.PathLike, table: str | os.PathLike | None = None) -> bool:
+    """Write the attached projector (`item_tokens.json` + `item_tokens.safetensors`) to `folder`; False if none.
+
+    With `table` (a dataset folder or the `item_embeddings.parquet` file the projector was trained with), the table is
+    copied next to it, so that the adapter folder alone can score new users (`trl_dynamicpo.recommend.Recommender`).
+    """
+    import shutil
+
     from safetensors.torch import save_file
 
     projector = get_item_tokens(model)
@@ -438,6 +444,10 @@ def save_item_tokens(model, folder: str | os.PathLike) -> bool:
         return False
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if table is not None:
+        source = Path(table) / ITEM_TABLE_FILE if Path(table).is_dir() else Path(table)
+        if source.resolve() != (folder / ITEM_TABLE_FILE).resolve():
+            shutil.copyfile(source, folder / ITEM_TABLE_FILE)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in projector.net.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps(projector.config, indent=2) + "\n")

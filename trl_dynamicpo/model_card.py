@@ -146,6 +146,8 @@ def build_model_card(
     license: str | None = None,
     library_name: str = "peft",
     pipeline_tag: str = "text-generation",
+    usage_ref: str | None = None,
+    usage_example: dict | None = None,
 ) -> ModelCard:
     """Model card of a LoRA recommender trained with a multi-negative preference loss.
 
@@ -184,6 +186,13 @@ def build_model_card(
             other value a full model loaded with `transformers`.
         pipeline_tag (`str`, *optional*, defaults to `"text-generation"`):
             Hub pipeline tag.
+        usage_ref (`str`, *optional*):
+            What the usage snippet loads: the Hub repo id or the folder of the published adapter. Defaults to
+            `hub_model_id`, else `model_name`.
+        usage_example (`dict`, *optional*):
+            One user of the evaluation data, `{"history": [...], "candidates": [...]}` (titles). For an adapter with a
+            `recommender.json` ([`~trl_dynamicpo.recommend.Recommender`]), the usage snippet then ranks that user's
+            candidates with `recommend()`; without it, the snippet loads the model with `load_recommender`.
 
     Returns:
         `huggingface_hub.ModelCard`: call `.save(path)` or `.push_to_hub(repo_id)`.
@@ -250,7 +259,9 @@ def build_model_card(
         model_name=model_name,
         base_model=hub_base,
         is_adapter=is_adapter,
-        model_ref=hub_model_id if _is_hub_id(hub_model_id) else model_name,
+        model_ref=usage_ref or (hub_model_id if _is_hub_id(hub_model_id) else model_name),
+        usage_history=json.dumps(list(usage_example["history"]), ensure_ascii=False) if usage_example else None,
+        usage_candidates=json.dumps(list(usage_example["candidates"]), ensure_ascii=False) if usage_example else None,
         loss_names=loss_names,
         loss_descriptions=[
             spec.description if spec else f"the `{name}` preference loss" for name, spec in zip(loss_names, specs)

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
-MATCH_MODES = ("exact", "normalized")
+MATCH_MODES = ("exact", "normalized", "title")
 SCORE_MODES = ("sum", "mean")
-PROTOCOLS = ("generation", "ranking")
+PROTOCOLS = ("generation", "ranking", "constrained_generation")
+# The protocols run when none are named: the papers' generation protocol and the ranking protocol.
+DEFAULT_PROTOCOLS = ("generation", "ranking")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -39,14 +41,18 @@ class EvaluationConfig:
     """
 
     protocols: list[str] = field(
-        default_factory=lambda: list(PROTOCOLS),
-        metadata={"help": "Protocols to run, any of 'generation' (papers' greedy decoding) and 'ranking' (packed)."},
+        default_factory=lambda: list(DEFAULT_PROTOCOLS),
+        metadata={
+            "help": "Protocols to run, any of 'generation' (papers' free greedy decoding), 'ranking' (packed) and "
+            "'constrained_generation' (greedy decoding restricted to the row's candidate titles, matched by 'title')."
+        },
     )
     match: str = field(
         default="exact",
         metadata={
-            "help": "Title matching of the generation protocol: 'exact' (case-sensitive substring, as S-DPO's code) "
-            "or 'normalized' (lower-cased, whitespace-collapsed and stripped on both sides, as LLaRA's code)."
+            "help": "Title matching of the generation protocol: 'exact' (case-sensitive substring, as S-DPO's code), "
+            "'normalized' (lower-cased, whitespace-collapsed and stripped on both sides, as LLaRA's code) or 'title' "
+            "(the whole stripped output is the title; the rule of the constrained_generation protocol)."
         },
     )
     strict_match: bool = field(
@@ -85,7 +91,11 @@ class EvaluationConfig:
     show_progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     # Added after the fields above so that their positions stay what they were.
     generation_max_samples: int | None = field(
-        default=None, metadata={"help": "Rows of the (slower) generation protocol, the first ones; null: max_samples."}
+        default=None,
+        metadata={
+            "help": "Rows of the (slower) generation protocols (free and constrained), the first ones; null: "
+            "max_samples."
+        },
     )
     ranking_max_samples: int | None = field(
         default=None, metadata={"help": "Rows of the ranking protocol and the baselines; null: max_samples."}
@@ -124,9 +134,10 @@ class EvaluationConfig:
             raise ValueError("`bootstrap_resamples` must be 0 (no intervals) or positive.")
 
     def max_samples_for(self, protocol: str) -> int | None:
-        """How many of the first rows `protocol` evaluates (None: all): its own count, else `max_samples`."""
+        """How many of the first rows `protocol` evaluates (None: all): its own count, else `max_samples`.
+        Constrained generation decodes like the generation protocol and takes its rows (`generation_max_samples`)."""
         _check_choice("protocol", protocol, PROTOCOLS)
-        own = getattr(self, f"{protocol}_max_samples")
+        own = getattr(self, f"{'generation' if protocol == 'constrained_generation' else protocol}_max_samples")
         return self.max_samples if own is None else own
 
     @classmethod

@@ -88,7 +88,8 @@ def match_candidates(text: str, candidates: Sequence[str], mode: str = "exact", 
 
     With `mode="exact"` a candidate is named when its title is a case-sensitive substring of `text` (the rule of
     S-DPO's evaluation code); with `mode="normalized"` both sides go through [`normalize_title`] first (LLaRA's
-    lower-case + strip, plus whitespace collapsing).
+    lower-case + strip, plus whitespace collapsing); with `mode="title"` the whole output, stripped, must be the
+    title (the rule of constrained generation, whose answers are exactly one candidate, [`generate_candidates`]).
 
     Caveat of the papers' substring rule: a title that is a substring of another candidate's title ("Heat" in
     "Heat Wave") is named whenever the longer one is, so such an output counts as naming two candidates (invalid).
@@ -102,7 +103,7 @@ def match_candidates(text: str, candidates: Sequence[str], mode: str = "exact", 
     Args:
         text (`str`): The generated text (new tokens only).
         candidates (`Sequence[str]`): Candidate titles in prompt order.
-        mode (`str`, defaults to `"exact"`): `"exact"` or `"normalized"`.
+        mode (`str`, defaults to `"exact"`): `"exact"`, `"normalized"` or `"title"`.
         strict (`bool`, defaults to `False`): Apply the longest-match rule described above.
 
     Returns:
@@ -117,9 +118,14 @@ def match_candidates(text: str, candidates: Sequence[str], mode: str = "exact", 
     [1]
     >>> match_candidates(" fargo", ["Heat", "Fargo"], mode="normalized")
     [1]
+    >>> match_candidates(" Heat", ["Heat", "Heat Wave"], mode="title")
+    [0]
     ```
     """
     _check_choice("mode", mode, MATCH_MODES)
+    if mode == "title":  # the whole answer is one title: a title inside a longer one is not named
+        text = text.strip()
+        return next(([i] for i, title in enumerate(candidates) if title and title == text), [])
     if mode == "normalized":
         text = normalize_title(text)
         titles = [normalize_title(c) for c in candidates]

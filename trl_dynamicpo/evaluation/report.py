@@ -29,7 +29,7 @@ _TABLE_COLUMNS = (
     "coverage",
     "runtime_s",
 )
-_TABLE_ROWS = ("generation", "ranking", "baseline_popularity", "baseline_random")
+_TABLE_ROWS = ("generation", "constrained_generation", "ranking", "baseline_popularity", "baseline_random")
 
 
 _jsonable = jsonable  # the old evaluation module's name (code outside this package may import it)
@@ -120,6 +120,7 @@ def format_results_table(results: Mapping[str, Any]) -> str:
 COMPARED_METRICS = (
     "generation/hr@1",
     "generation/valid_ratio",
+    "constrained_generation/hr@1",
     "ranking/hr@1",
     "ranking/hr@5",
     "ranking/ndcg@10",
@@ -157,7 +158,7 @@ def format_comparison_table(results: Mapping[str, Mapping[str, Any]], names: Map
     metrics = [m for m in COMPARED_METRICS if any(m in results[name] for name in models)]
     lines = ["| metric | " + " | ".join(names[m] for m in models) + " |", "|---" * (len(models) + 1) + "|"]
     lines += [f"| {k} | " + " | ".join(format_value(k, results[m].get(k)) for m in models) + " |" for k in metrics]
-    for protocol in ("generation", "ranking"):
+    for protocol in ("generation", "constrained_generation", "ranking"):
         if models and all(f"{protocol}/hr@1" in results[m] for m in models):
             first = results[models[0]]
             count = first.get(f"{protocol}/num_samples", first.get("num_samples"))

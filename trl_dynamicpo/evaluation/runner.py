@@ -7,6 +7,7 @@ from typing import Any
 
 from ..statistics import bootstrap_ci
 from .config import EvaluationConfig
+from .constrained import generate_candidates
 from .inference import generate_answers, score_over_orders
 from .metrics import (
     _as_lookup,
@@ -43,8 +44,9 @@ def evaluate_recommender(
     (`evaluate_recommender(m, t, ds, config, protocols=["ranking"])`).
 
     Each protocol runs on the first `config.max_samples_for(protocol)` rows (`generation_max_samples` /
-    `ranking_max_samples`, else `max_samples`); `num_samples` and the baselines follow the ranking protocol's rows,
-    or the generation protocol's when it runs alone. `<protocol>/num_samples` gives each protocol's count.
+    `ranking_max_samples`, else `max_samples`; constrained generation takes the generation protocol's count);
+    `num_samples` and the baselines follow the ranking protocol's rows, or the first protocol's without ranking.
+    `<protocol>/num_samples` gives each protocol's count.
 
     Args:
         model: A causal LM (`PreTrainedModel` or `PeftModel`). Put in eval mode during evaluation, then restored.
@@ -56,9 +58,10 @@ def evaluate_recommender(
         trunk_cache ([`~trl_dynamicpo.trunk_cache.TrunkCache`], *optional*): Cached trunk states of the evaluated
             rows, for the ranking protocol (see [`score_candidates`]).
         return_scores (`bool`, defaults to `False`): Also return the per-prompt results, for paired statistics:
-            `ranking/scores` (`[N, A]` candidate scores), `ranking/target_index`, `generation/outputs`.
+            `ranking/scores` (`[N, A]` candidate scores), `ranking/target_index`, `generation/outputs`,
+            `constrained_generation/outputs` (the answered titles).
         item_tokens ([`~trl_dynamicpo.item_tokens.ItemTokens`], *optional*): For a model with hybrid item tokens
-            (`ItemTokens.for_model(model, table)`): both protocols mark the prompts and inject the projected
+            (`ItemTokens.for_model(model, table)`): every protocol marks the prompts and injects the projected
             vectors; with `features="item+state"` the rows' `embedding` column (the teacher's user state) is used.
         **settings: Fields of [`EvaluationConfig`] (e.g. `max_samples=100`, `bootstrap_resamples=1000`: 95%
             percentile-bootstrap intervals over the prompts, [`~trl_dynamicpo.statistics.bootstrap_ci`],
@@ -66,6 +69,7 @@ def evaluate_recommender(
 
     Returns:
         `dict`: Flat results: `generation/hr@1`, `generation/valid_ratio`, `generation/hr@1_valid`,
+        `constrained_generation/hr@1` and `/valid_ratio` (1.0 by construction, [`generate_candidates`]),
         `ranking/hr@1`, `ranking/hr@5`, `ranking/ndcg@10`, `ranking/mrr`, ..., `<protocol>/runtime_s`,
         `baseline_popularity/...`, `baseline_random/...` and with an item table `<row>/arp`, `/head_share`,
         `/tail_share`, `/tail_hr@1`, `/coverage`; plus `num_samples`, `match_mode`, `match_strict`, `score_mode`.
@@ -83,8 +87,8 @@ def evaluate_recommender(
     ```
     """
     config = EvaluationConfig.from_settings(config, **settings)
-    # The rows of `num_samples` and of the baselines: the ranking protocol's, or the generation protocol's alone.
-    main = "generation" if set(config.protocols) == {"generation"} else "ranking"
+    # The rows of `num_samples` and of the baselines: the ranking protocol's, or a generation protocol's without it.
+    main = "ranking" if "ranking" in config.protocols else config.protocols[0]
     counts = {protocol: config.max_samples_for(protocol) for protocol in {*config.protocols, main}}
     prompts, candidates, targets = _rows(dataset, None if None in counts.values() else max(counts.values()))
     lookup = _as_lookup(item_table)  # parsed once for all rows of the table
@@ -110,6 +114,13 @@ def evaluate_recommender(
         results.update(
             _generation(model, tokenizer, *first("generation"), lookup, config, return_scores, **hybrid("generation"))
         )
+    if "constrained_generation" in config.protocols:
+        rows = first("constrained_generation")
+        results.update(
+            _constrained_generation(
+                model, tokenizer, *rows, lookup, config, return_scores, **hybrid("constrained_generation")
+            )
+        )
     if "ranking" in config.protocols:
         results.update(
             _ranking(
@@ -124,6 +135,7 @@ def evaluate_recommender(
 # The fields of `EvaluationConfig` that `generate_answers` / `score_candidates` take, as keyword arguments.
 _GENERATION_SETTINGS = ("max_new_tokens", "batch_size", "max_prompt_length", "show_progress")
 _RANKING_SETTINGS = ("batch_size", "score", "max_prompt_length", "separator", "add_eos", "show_progress")
+_CONSTRAINED_SETTINGS = ("batch_size", "max_prompt_length", "separator", "show_progress")
 
 
 def _timed(function, config: EvaluationConfig, settings: tuple[str, ...], *args, **kwargs) -> tuple[Any, float]:
@@ -158,6 +170,23 @@ def _generation(
     if config.bootstrap_resamples:
         hits = _generation_hits(outputs, candidates, targets, config.match, config.strict_match)[2]
         results["generation/hr@1_ci"] = list(bootstrap_ci(hits, config.bootstrap_resamples, seed=config.seed)[1])
+    return results
+
+
+def _constrained_generation(model, tokenizer, prompts, candidates, targets, lookup, config, return_scores, **hybrid):
+    """Greedy decoding restricted to each row's candidates; its answer is a title, matched as a whole ('title')."""
+    answers, runtime = _timed(
+        generate_candidates, config, _CONSTRAINED_SETTINGS, model, tokenizer, prompts, candidates, **hybrid
+    )
+    outputs = [cands[row[0][0]] for row, cands in zip(answers, candidates)]
+    metrics = generation_metrics(outputs, candidates, targets, "title", lookup)
+    results = _prefixed("constrained_generation", {**metrics, "runtime_s": runtime})
+    if return_scores:
+        results["constrained_generation/outputs"] = outputs
+    if config.bootstrap_resamples:
+        hits = _generation_hits(outputs, candidates, targets, "title", False)[2]
+        interval = bootstrap_ci(hits, config.bootstrap_resamples, seed=config.seed)[1]
+        results["constrained_generation/hr@1_ci"] = list(interval)
     return results
 
 
