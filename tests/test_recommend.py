@@ -221,9 +221,11 @@ def test_model_card_snippet_ranks_a_test_user(hub_server, folder):
     assert printed == f"{expected}\n"
 
 
-def test_docs_snippet_runs_as_written(hub_server, base, tmp_path):
-    """The five lines of docs/recommend.md, from a Hub id to a ranked list, run against the loopback Hub."""
-    text = DOCS.read_text(encoding="utf-8")
+@pytest.mark.parametrize("page", [DOCS, DOCS.parents[1] / "README.md"], ids=["docs", "readme"])
+def test_docs_snippet_runs_as_written(hub_server, base, tmp_path, page):
+    """The five lines of docs/recommend.md and of the README, from a Hub id to a ranked list, run against the
+    loopback Hub."""
+    text = page.read_text(encoding="utf-8")
     snippet = re.search(r"<!-- snippet -->\n```python\n(.*?)```", text, re.DOTALL).group(1)
     repo_id = re.search(r'Recommender\.from_pretrained\("([^"]+)"\)', snippet).group(1)
     history = ast.literal_eval(re.search(r"history = (\[.*\])", snippet).group(1))
