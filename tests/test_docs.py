@@ -94,12 +94,22 @@ COMMANDS = list(_commands())
 
 def _script_and_args(words: list[str]) -> tuple[str | None, list[str]]:
     """The file a command runs and its arguments; None for commands that run no file of the repository."""
+    while words and (words[0] == "nohup" or words[0] == "nice"):  # launchers in front of the command
+        words = words[3:] if words[:2] == ["nice", "-n"] else words[1:]
+    kept = []
+    for i, word in enumerate(words):  # backgrounding and redirections (with their targets) are the shell's
+        if word == "&" or word.startswith((">", "2>")) or (i and words[i - 1] in (">", ">>", "2>")):
+            continue
+        kept.append(word)
+    words = kept
     program, rest = Path(words[0]).name, words[1:]
     if program == "bash":
         return rest[0], rest[1:]
     if program in ("python", "python3"):
         if rest[:2] == ["-m", "pytest"]:
             return "pytest", rest[2:]
+        if rest[:1] == ["-m"]:  # a module of the package: its file, run for --help by path
+            return rest[1].replace(".", "/") + ".py", rest[2:]
         return rest[0], rest[1:]
     if program == "accelerate" and rest[:1] == ["launch"]:
         rest, launcher = rest[1:], []
@@ -117,8 +127,10 @@ def _script_and_args(words: list[str]) -> tuple[str | None, list[str]]:
 
 @functools.cache
 def _help(script: str) -> str:
+    # A module of the package runs with -m (its relative imports need the package).
+    target = ["-m", script[: -len(".py")].replace("/", ".")] if script.startswith("trl_dynamicpo/") else [script]
     result = subprocess.run(
-        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, *target, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, f"{script} --help failed: {result.stderr[-2000:]}"
     return result.stdout
