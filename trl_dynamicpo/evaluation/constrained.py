@@ -31,7 +31,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..data import truncate_prompt_ids
-from .inference import _batches, _inference, _model_device, _pad_token_id, _progress, _tokenize
+from .inference import (
+    _batches,
+    _inference,
+    _left_padded_prompts,
+    _model_device,
+    _pad_token_id,
+    _progress,
+    _tokenize,
+)
 
 
 _END = -1  # key of a trie node's candidate index: the path to this node is a complete answer (its last token is EOS)
@@ -203,29 +211,12 @@ def generate_candidates(
     with _inference(model, tokenizer):
         for batch in _progress(batches, len(batches), "constrained generation", show_progress):
             num_beams = beams[batch[0]]
-            width = max(len(prompt_ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-                ids = prompt_ids[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids) :] = 1
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            inputs = _left_padded_prompts(prompt_ids, batch, pad_id, item_tokens, item_titles, user_states)
+            width = inputs["input_ids"].size(1)
             if item_titles is not None:
-                rows = [
-                    {
-                        "prompt_ids": prompt_ids[i],
-                        "item_titles": item_titles[i],
-                        "embedding": None if user_states is None else user_states[i],
-                        "row_index": i,
-                    }
-                    for i in batch
-                ]
-                features, mask = item_tokens.batch_features(rows)
                 # Beam search expands every row to its beams before the prefill: the vectors follow the same rows.
-                inputs["item_features"] = features.repeat_interleave(num_beams, dim=0)
-                inputs["item_mask"] = mask.repeat_interleave(num_beams, dim=0)
-                inputs["labels"] = torch.full_like(input_ids, -100).repeat_interleave(num_beams, dim=0)
+                for key in ("item_features", "item_mask", "labels"):
+                    inputs[key] = inputs[key].repeat_interleave(num_beams, dim=0)
             inputs = {key: value.to(device) for key, value in inputs.items()}
             prefill = {**inputs}
             if item_titles is not None:

@@ -79,6 +79,35 @@ def _progress(iterable, total: int, desc: str, show: bool):
     return tqdm(iterable, total=total, desc=desc)
 
 
+def _left_padded_prompts(prompt_ids, batch, pad_id: int, item_tokens=None, item_titles=None, user_states=None) -> dict:
+    """`input_ids` / `attention_mask` of the prompts `batch` (indices into `prompt_ids`), left-padded so that every
+    prompt ends where generation starts; with hybrid item tokens also the rows' `item_features` / `item_mask`, and
+    `labels` all -100 (every position is prompt, as `injecting` reads it)."""
+    import torch
+
+    width = max(len(prompt_ids[i]) for i in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        ids = prompt_ids[i]
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if item_titles is not None:
+        rows = [
+            {
+                "prompt_ids": prompt_ids[i],
+                "item_titles": item_titles[i],
+                "embedding": None if user_states is None else user_states[i],
+                "row_index": i,
+            }
+            for i in batch
+        ]
+        inputs["item_features"], inputs["item_mask"] = item_tokens.batch_features(rows)
+        inputs["labels"] = torch.full_like(input_ids, -100)
+    return inputs
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -124,7 +153,6 @@ def generate_answers(
     generate_answers(model, tokenizer, ["Choose one of: Heat, Fargo. Answer:"], max_new_tokens=5)
     ```
     """
-    import torch
     from transformers import GenerationConfig
 
     from ..item_tokens import injecting
@@ -152,26 +180,8 @@ def generate_answers(
     batches = _batches(order, batch_size)
     with _inference(model, tokenizer):
         for batch in _progress(batches, len(batches), "generation", show_progress):
-            width = max(len(prompt_ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-                ids = prompt_ids[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids) :] = 1
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if item_titles is not None:
-                rows = [
-                    {
-                        "prompt_ids": prompt_ids[i],
-                        "item_titles": item_titles[i],
-                        "embedding": None if user_states is None else user_states[i],
-                        "row_index": i,
-                    }
-                    for i in batch
-                ]
-                inputs["item_features"], inputs["item_mask"] = item_tokens.batch_features(rows)
-                inputs["labels"] = torch.full_like(input_ids, -100)  # every position is prompt
+            inputs = _left_padded_prompts(prompt_ids, batch, pad_id, item_tokens, item_titles, user_states)
+            width = inputs["input_ids"].size(1)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with injecting(model, inputs):
                 output = model.generate(
