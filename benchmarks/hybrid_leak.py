@@ -56,17 +56,12 @@ def gap_block(train: np.ndarray, valid: np.ndarray, resamples: int, seed: int) -
 
 def train_row_scores(study, cell: str, tokenizer) -> np.ndarray:
     """The cell's candidate scores of its training rows (cached in the cell's folder as `train_scores.npy`)."""
-    from peft import PeftModel
-
     from trl_dynamicpo.evaluation import score_candidates
-    from trl_dynamicpo.item_tokens import load_item_tokens
 
     path = study.cell_dir(cell) / "train_scores.npy"
     if path.is_file():
         return np.load(path)
-    model, _ = study.load_base()
-    model = PeftModel.from_pretrained(model, str(study.cell_dir(cell) / "adapter"))
-    load_item_tokens(model, study.cell_dir(cell) / "adapter")
+    model = study.load_cell(cell)
     with study.autocast():  # as the validation scores were computed
         scores = score_candidates(
             model,

@@ -571,7 +571,9 @@ class Study:
             shutil.rmtree(folder)  # a stale or half-written cell of this study (work_dir is the study's own)
         folder.mkdir(parents=True)
         loss, k = parse_cell(cell)
-        train = self.train if cell == "sft" else self.train_with_reference()  # reference log-probs: once, not timed
+        train = (
+            self.train if cell == "sft" else self.train_with_reference(tokenizer)
+        )  # reference log-probs: once, not timed
         set_seed(self.args.seed)
         model, _ = self.load_base()
         start = time.perf_counter()
@@ -620,18 +622,13 @@ class Study:
         torch.set_grad_enabled(True)
         return record
 
-    def train_with_reference(self):
+    def train_with_reference(self, tokenizer):
         """The training rows with the SFT adapter's log-probs of all 20 candidates, computed once for every cell."""
-        from peft import PeftModel
-
         from trl_dynamicpo.evaluation import score_candidates
-        from trl_dynamicpo.item_tokens import load_item_tokens
 
         path = self.cell_dir("sft") / "reference_logps.npy"
         if not path.is_file():
-            model, tokenizer = self.load_base()
-            model = PeftModel.from_pretrained(model, str(self.cell_dir("sft") / "adapter"))
-            load_item_tokens(model, self.cell_dir("sft") / "adapter")
+            model = self.load_cell("sft")
             start = time.perf_counter()
             # fp32 reference log-probs (no autocast): the losses subtract them from the policy's.
             scores = score_candidates(
